@@ -1,0 +1,2 @@
+"""Media: probing and decoding with PyAV, clip placement, the log-mel front end, clip shards and the
+synthetic demo dataset. Nothing here imports Kedro."""

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real data beside the checkout, and isolated Kedro project copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PEMT_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data; a test that needs it fails (never skips) when it is missing."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.fail(f"{path} is missing: the tests need ../shared/data beside the checkout "
+                    "(or PEMT_SHARED_DATA pointing at it)")
+    return path
+
+
+@pytest.fixture
+def real_clips() -> Path:
+    return shared_data("real_clips")
+
+
+def make_project_copy(where: Path) -> Path:
+    """A throwaway copy of the project (configuration and pyproject) in `where`.
+
+    Kedro resolves the catalog's paths against the project folder, so runs in the copy write their
+    data into `where/data`, never into the checkout."""
+    where.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", where)
+    shutil.copytree(PROJECT_ROOT / "conf", where / "conf", ignore=shutil.ignore_patterns("local"))
+    (where / "conf" / "local").mkdir()
+    (where / "src").mkdir()  # the package itself is imported from the installed checkout
+    return where
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project copy, made the working directory."""
+    path = make_project_copy(tmp_path / "project")
+    monkeypatch.chdir(path)
+    return path
+
+
+def run_kedro(project: Path, pipelines: list[str] | None = None, params: dict | None = None, env: str | None = None):
+    """Run pipelines through a KedroSession in a project copy (which must be the working directory)."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    assert Path.cwd().resolve() == project.resolve(), "run Kedro from the project folder"
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
+        return session.run(pipeline_names=pipelines)
