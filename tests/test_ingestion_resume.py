@@ -1,0 +1,64 @@
+"""A killed ingestion resumes with the next command and ends with the same manifest."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from tests.conftest import make_project_copy, run_kedro
+
+PARAMS = {"workers": 1}
+
+
+def _kedro_cmd(source: Path) -> list[str]:
+    return [sys.executable, "-m", "kedro", "run", "--pipelines", "ingestion",
+            "--params", f"ingestion.source_dir={source},ingestion.workers=1"]
+
+
+def test_killed_ingestion_resumes_to_the_same_manifest(tmp_path, real_clips, monkeypatch):
+    reference = make_project_copy(tmp_path / "reference")
+    monkeypatch.chdir(reference)
+    run_kedro(reference, ["ingestion"], {"ingestion": {"source_dir": str(real_clips), **PARAMS}})
+    expected = pd.read_parquet("data/03_primary/manifest.parquet")
+
+    resumed = make_project_copy(tmp_path / "resumed")
+    monkeypatch.chdir(resumed)
+    shards = resumed / "data/02_intermediate/shards"
+    proc = subprocess.Popen(_kedro_cmd(real_clips), cwd=resumed, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
+    deadline = time.monotonic() + 120
+    while not (shards.is_dir() and any(shards.glob("*.safetensors"))):
+        assert proc.poll() is None, "ingestion ended before it could be interrupted"
+        assert time.monotonic() < deadline, "no shard appeared"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = sorted(p.name for p in shards.glob("*.safetensors"))
+    assert 1 <= len(written) < len(expected), "the run must be interrupted part-way"
+    assert not (resumed / "data/03_primary/manifest.parquet").exists()
+    (shards / ".half-written.abc.tmp").write_bytes(b"junk from a killed writer")
+
+    run_kedro(resumed, ["ingestion"], {"ingestion": {"source_dir": str(real_clips), **PARAMS}})
+    got = pd.read_parquet("data/03_primary/manifest.parquet")
+    pd.testing.assert_frame_equal(got, expected)
+    summary = json.loads((resumed / "data/08_reporting/ingestion_summary.json").read_text())
+    assert summary["skipped"] == len(written) and summary["accepted"] == len(expected) - len(written)
+    assert not list(shards.glob(".*.tmp"))
+
+
+def test_changed_parameters_rebuild_every_shard(project, real_clips):
+    run_kedro(project, ["ingestion"], {"ingestion": {"source_dir": str(real_clips), **PARAMS}})
+    first = json.loads(Path("data/08_reporting/ingestion_summary.json").read_text())
+    run_kedro(project, ["ingestion"], {"ingestion": {"source_dir": str(real_clips), **PARAMS}})
+    again = json.loads(Path("data/08_reporting/ingestion_summary.json").read_text())
+    run_kedro(project, ["ingestion"], {"ingestion": {"source_dir": str(real_clips), "n_mels": 32, **PARAMS}})
+    changed = json.loads(Path("data/08_reporting/ingestion_summary.json").read_text())
+    assert (first["accepted"], first["skipped"]) == (7, 0)
+    assert (again["accepted"], again["skipped"]) == (0, 7)
+    assert (changed["accepted"], changed["skipped"]) == (7, 0)
