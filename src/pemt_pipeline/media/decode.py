@@ -205,6 +205,7 @@ class _FrameSelector:
         self.prev = None  # (time, frame)
         self.rotation = 0
         self.size = None
+        self.reformatter = av.video.reformatter.VideoReformatter()  # keeps its scaler between frames
 
     def _convert(self, frame: av.VideoFrame) -> np.ndarray:
         if self.size is None:
@@ -212,8 +213,7 @@ class _FrameSelector:
             w, h = (frame.height, frame.width) if self.rotation in (90, 270) else (frame.width, frame.height)
             dw, dh = resized_size(w, h, self.short_side)
             self.size = (dh, dw) if self.rotation in (90, 270) else (dw, dh)
-        img = frame.reformat(width=self.size[0], height=self.size[1], format="rgb24", interpolation="AREA")
-        img = img.to_ndarray()
+        img = self.reformatter.reformat(frame, self.size[0], self.size[1], "rgb24", interpolation="AREA").to_ndarray()
         return np.ascontiguousarray(np.rot90(img, self.rotation // 90)) if self.rotation else img
 
     def _emit_prev_until(self, t_next: float) -> None:

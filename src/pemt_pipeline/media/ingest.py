@@ -24,6 +24,7 @@ Silent audio (level below `silence_threshold_db`) is flagged in the manifest, no
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from pemt_pipeline.media import audio as A
@@ -289,9 +291,19 @@ def ingest_video(row: dict[str, Any], cfg: IngestConfig) -> tuple[str, dict[str,
                             "detail": f"{type(exc).__name__}: {exc}"}
 
 
-def _init_worker() -> None:
-    import torch
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Per-video tensors are small: torch's thread pool only adds overhead (and workers already run
+    one per core), so ingestion runs torch on one thread, then restores the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
+
+def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
@@ -316,9 +328,10 @@ def ingest_all(index: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame, pd
     bar = tqdm(total=len(rows), desc=f"ingesting ({workers} worker{'s' if workers > 1 else ''})", unit="video",
                disable=not cfg.progress)
     if workers == 1:
-        for row in rows:
-            results.append(ingest_video(row, cfg))
-            bar.update()
+        with _one_torch_thread():
+            for row in rows:
+                results.append(ingest_video(row, cfg))
+                bar.update()
     else:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
