@@ -131,6 +131,17 @@ def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def audio_frame_mono(frame: av.AudioFrame) -> np.ndarray:
+    """An audio frame downmixed to mono float32 (fast path for planar float, what most decoders give)."""
+    if frame.format.name == "fltp":
+        n, planes = frame.samples, frame.planes
+        mono = np.frombuffer(planes[0], np.float32, n).copy()
+        for plane in planes[1:]:
+            mono += np.frombuffer(plane, np.float32, n)
+        return mono / len(planes) if len(planes) > 1 else mono
+    return downmix(audio_frame_planes(frame))
+
+
 def audio_frame_planes(frame: av.AudioFrame) -> np.ndarray:
     """An audio frame as float32 [channels, samples] in [-1, 1], whatever its sample format."""
     fmt = frame.format
@@ -171,7 +182,8 @@ class _BestEffortClock:
     often is used.
     """
 
-    def __init__(self, fallback_dt: float):
+    def __init__(self, time_base: float | None, fallback_dt: float):
+        self.time_base = time_base
         self.fallback_dt = fallback_dt
         self.faulty_pts = self.faulty_dts = 0
         self.last_pts = self.last_dts = None
@@ -185,10 +197,10 @@ class _BestEffortClock:
             self.faulty_dts += 1
         self.last_pts, self.last_dts = pts if pts is not None else self.last_pts, dts if dts is not None else self.last_dts
         stamp = pts if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None) else dts
-        if stamp is None or frame.time_base is None:
+        if stamp is None or self.time_base is None:
             time = (self.last_time or 0.0) + self.fallback_dt
         else:
-            time = float(stamp * frame.time_base)
+            time = stamp * self.time_base
         self.last_time = time
         return time
 
@@ -247,7 +259,7 @@ class _FrameSelector:
 
 
 def decode(
-    path: str | os.PathLike,
+    source: str | os.PathLike | av.container.InputContainer,
     video_index: int,
     audio_index: int | None,
     targets: np.ndarray | None,
@@ -256,48 +268,50 @@ def decode(
 ) -> Decoded:
     """One demux pass over the chosen streams; see the module docstring for the rules.
 
+    `source`: a path, or a container just opened (so a probed file is not opened twice).
     `targets`: sorted instants (seconds from the first frame) whose frames to keep, or None to only
     measure the video (timestamps, duration, audio).
     """
+    if not isinstance(source, av.container.InputContainer):
+        with open_container(source) as container:
+            return decode(container, video_index, audio_index, targets, short_side, threads)
+    container = source
     selector = _FrameSelector(targets, short_side)
     audio_chunks: list[tuple[float, np.ndarray]] = []
     audio_rate = 0
     result = Decoded(frames=None, frame_source_times=None)
-    t_zero = None
-    last_t = None
-    last_duration = 0.0
-    with open_container(path) as container:
-        vstream = container.streams[video_index]
-        vstream.codec_context.thread_count = threads  # 0: FFmpeg picks; 1: no decoder threads
-        vstream.thread_type = "AUTO"
-        fallback_dt = 1.0 / float(vstream.average_rate) if vstream.average_rate else 1.0 / 30.0
-        clock = _BestEffortClock(fallback_dt)
-        streams = [vstream] + ([container.streams[audio_index]] if audio_index is not None else [])
-        audio_cursor = 0.0
-        try:
-            for packet in container.demux(streams):
-                for frame in packet.decode():
-                    if isinstance(frame, av.VideoFrame):
-                        t = clock(frame)
-                        if t_zero is None:
-                            t_zero = t
-                        if last_t is not None and t <= last_t:
-                            result.warnings.append(f"non-increasing video timestamp at {t:.3f}s")
-                            continue
-                        selector.push(t - t_zero, frame)
-                        last_t = t
-                        result.n_video_frames += 1
-                        dur = frame.duration * frame.time_base if frame.duration and frame.time_base else None
-                        last_duration = float(dur) if dur else fallback_dt
-                    else:
-                        audio_rate = frame.sample_rate
-                        t = frame.time if frame.time is not None else audio_cursor
-                        audio_chunks.append((t, downmix(audio_frame_planes(frame))))
-                        audio_cursor = t + frame.samples / frame.sample_rate
-        except av.FFmpegError as exc:
-            result.decode_error = str(exc)
+    t_zero = last_t = last_frame = None
+    vstream = container.streams[video_index]
+    vstream.codec_context.thread_count = threads  # 0: FFmpeg picks; 1: no decoder threads
+    vstream.thread_type = "AUTO"
+    fallback_dt = 1.0 / float(vstream.average_rate) if vstream.average_rate else 1.0 / 30.0
+    clock = _BestEffortClock(float(vstream.time_base) if vstream.time_base else None, fallback_dt)
+    streams = [vstream] + ([container.streams[audio_index]] if audio_index is not None else [])
+    audio_cursor = 0.0
+    try:
+        for packet in container.demux(streams):
+            for frame in packet.decode():
+                if isinstance(frame, av.VideoFrame):
+                    t = clock(frame)
+                    if t_zero is None:
+                        t_zero = t
+                    if last_t is not None and t <= last_t:
+                        result.warnings.append(f"non-increasing video timestamp at {t:.3f}s")
+                        continue
+                    selector.push(t - t_zero, frame)
+                    last_t, last_frame = t, frame
+                    result.n_video_frames += 1
+                else:
+                    audio_rate = frame.sample_rate
+                    t = frame.time if frame.time is not None else audio_cursor
+                    audio_chunks.append((t, audio_frame_mono(frame)))
+                    audio_cursor = t + frame.samples / frame.sample_rate
+    except av.FFmpegError as exc:
+        result.decode_error = str(exc)
     if t_zero is None:
         return result
+    last_duration = (float(last_frame.duration * last_frame.time_base)
+                     if last_frame.duration and last_frame.time_base else fallback_dt)
     result.video_duration = last_t - t_zero + last_duration
     result.held_targets = selector.finish(result.video_duration)
     result.rotation = selector.rotation

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -143,7 +144,7 @@ class IngestConfig:
         return A.MelConfig(self.sample_rate, self.n_mels, self.mel_frames, self.span, self.n_fft, self.win_length,
                            self.f_min, self.f_max, self.log_offset)
 
-    @property
+    @functools.cached_property
     def params_hash(self) -> str:
         content = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_FIELDS}
         blob = json.dumps({"version": INGEST_VERSION, **content}, sort_keys=True)
@@ -168,12 +169,12 @@ def _up_to_date_record(shard: Path, digest: str, cfg: IngestConfig) -> dict | No
     return None
 
 
-def _decode_clips(path: Path, video_index: int, audio_index: int | None, duration: float, cfg: IngestConfig):
+def _decode_clips(source, video_index: int, audio_index: int | None, duration: float, cfg: IngestConfig):
     """Place clips for `duration` and decode their frames; returns (plan, decoded, frames [T*F, H, W, 3])."""
     plan = C.plan_clips(duration, cfg.span, cfg.clips_per_video, cfg.placement, cfg.short_video_policy)
     times = C.frame_times(plan.starts, cfg.frames_per_clip, cfg.frame_stride, cfg.fps).ravel()
     order = np.argsort(times, kind="stable")
-    decoded = decode(path, video_index, audio_index, times[order], cfg.short_side, cfg.decoder_threads)
+    decoded = decode(source, video_index, audio_index, times[order], cfg.short_side, cfg.decoder_threads)
     if decoded.frames is None:
         return plan, decoded, None
     frames = np.empty_like(decoded.frames)
@@ -188,29 +189,30 @@ def _ingest_media(path: Path, cfg: IngestConfig) -> tuple[dict[str, np.ndarray],
     """Decode one file into shard tensors and the media part of its manifest row (raises MediaError)."""
     with open_container(path) as container:
         info = probe(container)
-    video, audio = choose_video(info.video), choose_audio(info.audio)
-    if video is None:
-        what = f"; it has audio ({audio.codec}, {audio.sample_rate} Hz)" if audio else ""
-        raise MediaError("no_video_stream", f"no video stream{what}")
-    if audio is None and cfg.missing_audio == "reject":
-        raise MediaError("no_audio_stream", "no audio stream (set ingestion.missing_audio: silence to keep it)")
-
-    declared = video.declared_duration
-    duration = declared
-    if not duration or duration <= 0:  # unknown: measure with a first pass that converts no frame
-        duration = decode(path, video.index, None, None, cfg.short_side, cfg.decoder_threads).video_duration
-    try:
-        plan, decoded, frames = _decode_clips(path, video.index, audio and audio.index, duration, cfg)
-        if decoded.n_video_frames == 0:
-            raise MediaError("decode_error", decoded.decode_error or "no video frame could be decoded")
-        actual = decoded.video_duration
-        if declared and actual < cfg.min_decoded_fraction * declared:
-            why = f" ({decoded.decode_error})" if decoded.decode_error else ""
-            raise MediaError("truncated", f"decoded {actual:.2f} s of a declared {declared:.2f} s{why}")
-        if abs(actual - duration) > max(0.01 * actual, 1.5 / cfg.fps):  # metadata was wrong: place again
-            plan, decoded, frames = _decode_clips(path, video.index, audio and audio.index, actual, cfg)
-    except C.ClipPlacementError as exc:
-        raise MediaError("too_short", str(exc)) from None
+        video, audio = choose_video(info.video), choose_audio(info.audio)
+        if video is None:
+            what = f"; it has audio ({audio.codec}, {audio.sample_rate} Hz)" if audio else ""
+            raise MediaError("no_video_stream", f"no video stream{what}")
+        if audio is None and cfg.missing_audio == "reject":
+            raise MediaError("no_audio_stream", "no audio stream (set ingestion.missing_audio: silence to keep it)")
+        audio_index = audio and audio.index
+        declared = video.declared_duration
+        duration = declared
+        if not duration or duration <= 0:  # unknown: measure with a first pass that converts no frame
+            duration = decode(container, video.index, None, None, cfg.short_side, cfg.decoder_threads).video_duration
+            container = path  # the next pass opens the file again
+        try:
+            plan, decoded, frames = _decode_clips(container, video.index, audio_index, duration, cfg)
+            if decoded.n_video_frames == 0:
+                raise MediaError("decode_error", decoded.decode_error or "no video frame could be decoded")
+            actual = decoded.video_duration
+            if declared and actual < cfg.min_decoded_fraction * declared:
+                why = f" ({decoded.decode_error})" if decoded.decode_error else ""
+                raise MediaError("truncated", f"decoded {actual:.2f} s of a declared {declared:.2f} s{why}")
+            if abs(actual - duration) > max(0.01 * actual, 1.5 / cfg.fps):  # metadata was wrong: place again
+                plan, decoded, frames = _decode_clips(path, video.index, audio_index, actual, cfg)
+        except C.ClipPlacementError as exc:
+            raise MediaError("too_short", str(exc)) from None
 
     T, F = cfg.clips_per_video, cfg.frames_per_clip
     frames = frames.reshape(T, F, *frames.shape[1:])
@@ -323,6 +325,8 @@ def ingest_all(index: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame, pd
     Path(cfg.shard_dir).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(cfg.shard_dir)
     rows = index.to_dict("records")
+    # Longest first (by file size), so that no worker is left with a long video at the end.
+    rows.sort(key=lambda r: os.path.getsize(r["path"]) if os.path.isfile(r["path"]) else 0, reverse=True)
     workers = _worker_count(cfg, len(rows))
     results: list[tuple[str, dict]] = []
     bar = tqdm(total=len(rows), desc=f"ingesting ({workers} worker{'s' if workers > 1 else ''})", unit="video",
