@@ -1,0 +1,144 @@
+"""Embed every real clip of the ingested videos with the model's visual and audio CNNs.
+
+The CNNs are either randomly initialised from a fixed seed (the paper's prior: a random CNN already
+tells similar clips from different ones, METHOD.md section 4) or loaded from a training checkpoint
+(so the negative table can be refreshed after training). Clips stream shard by shard in batches of
+`batch_size`; the store's arrays are memory-mapped, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from pemt_pipeline.features.store import ClipEmbeddings, EmbeddingWriter
+from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, audio_clips, video_clips
+from pemt_pipeline.media.shards import load_shard
+from pemt_pipeline.models import ModelConfig, PEMTModel
+
+CLIP_COLUMNS = ("clip_id", "video_id", "clip_index", "clip_start", "label", "split")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Embedding parameters (``embedding:`` in conf/base/parameters_embedding.yml documents each)."""
+
+    batch_size: int = 64
+    crop: int = 56
+    mean: float = VIDEO_MEAN
+    std: float = VIDEO_STD
+    seed: int = 0
+    checkpoint: str | None = None
+    device: str = "auto"
+    output_dir: str = "data/04_feature/clip_embeddings"
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> EmbedConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ValueError(f"unknown embedding parameter(s) {unknown}; known: {sorted(names)}")
+        cfg = cls(**params)
+        if cfg.batch_size < 1 or cfg.crop < 1 or cfg.std <= 0:
+            raise ValueError("embedding.batch_size and embedding.crop must be >= 1, embedding.std > 0")
+        if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+            raise ValueError(f"embedding.device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+        return cfg
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(model_cfg: ModelConfig, checkpoint: str | None = None, seed: int = 0) -> PEMTModel:
+    """The model in eval mode: from a checkpoint (its own model configuration wins if it holds one)
+    or randomly initialised from `seed`."""
+    if checkpoint is None:
+        torch.manual_seed(seed)
+        return PEMTModel(model_cfg).eval()
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state:
+        if "model_config" in state:
+            model_cfg = ModelConfig.from_dict(state["model_config"])
+        state = state["model"]
+    model = PEMTModel(model_cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {str(path)!r} does not match the model configuration: {exc}") from None
+    return model.eval()
+
+
+def clip_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per real clip of the manifest's videos, in manifest order (clip_id = row)."""
+    rows = []
+    for video in manifest.itertuples():
+        shard = load_shard(video.shard_path, ("clip_mask", "clip_start"))
+        for index in np.flatnonzero(shard["clip_mask"]):
+            rows.append((video.video_id, int(index), float(shard["clip_start"][index]), video.label, video.split))
+    table = pd.DataFrame(rows, columns=list(CLIP_COLUMNS[1:]))
+    table.insert(0, "clip_id", np.arange(len(table), dtype=np.int64))
+    return table
+
+
+def _batches(manifest: pd.DataFrame, batch_size: int):
+    """Yield (frames uint8 [n, F, H, W, 3], log_mel [n, M, L]) of real clips, in clip-table order."""
+    frames, mels, held = [], [], 0
+    for video in manifest.itertuples():
+        shard = load_shard(video.shard_path, ("frames", "log_mel", "clip_mask"))
+        real = shard["clip_mask"]
+        frames.append(shard["frames"][real])
+        mels.append(shard["log_mel"][real])
+        held += int(real.sum())
+        while held >= batch_size:
+            f, m = np.concatenate(frames), np.concatenate(mels)
+            yield f[:batch_size], m[:batch_size]
+            frames, mels, held = [f[batch_size:]], [m[batch_size:]], held - batch_size
+    if held:
+        yield np.concatenate(frames), np.concatenate(mels)
+
+
+def embed_clips(manifest: pd.DataFrame, model_cfg: ModelConfig, cfg: EmbedConfig) -> ClipEmbeddings:
+    """Embed every real clip listed by `manifest` (ingestion's) into the store at cfg.output_dir."""
+    if manifest.empty:
+        raise ValueError("the manifest lists no video: run ingestion on a folder with usable videos first")
+    missing = [p for p in manifest["shard_path"] if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shard(s) of the manifest are missing, e.g. {missing[0]!r}: "
+                                "run the ingestion pipeline again")
+    device = resolve_device(cfg.device)
+    model = load_model(model_cfg, cfg.checkpoint, cfg.seed).to(device)
+    clips = clip_table(manifest)
+    dims = {"visual": model.visual_cnn.out_dim, "audio": model.audio_cnn.out_dim}
+    writer = EmbeddingWriter(cfg.output_dir, len(clips), dims)
+    bar = tqdm(total=len(clips), desc="embedding clips", unit="clip", disable=not cfg.progress)
+    try:
+        with torch.inference_mode():
+            for frames, mels in _batches(manifest, cfg.batch_size):
+                video = video_clips(frames, cfg.crop, cfg.mean, cfg.std).to(device, non_blocking=True)
+                audio = audio_clips(mels).to(device, non_blocking=True)
+                writer.write({"visual": model.visual_cnn(video).float().cpu().numpy(),
+                              "audio": model.audio_cnn(audio).float().cpu().numpy()})
+                bar.update(len(frames))
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    meta = {"checkpoint": cfg.checkpoint, "seed": cfg.seed if cfg.checkpoint is None else None,
+            "crop": cfg.crop, "mean": cfg.mean, "std": cfg.std, "model": model.cfg.to_dict(),
+            "n_clips": len(clips), "n_videos": int(clips["video_id"].nunique()), "dims": dims}
+    return writer.close(clips, meta)

@@ -1,0 +1,41 @@
+"""Shard arrays -> model inputs, deterministic (evaluation / embedding) version.
+
+Video: uint8 [N, F, H, W, 3] -> float32 [N, 3, F, crop, crop], the centre crop, scaled to [0, 1]
+and normalised with (x - mean) / std (METHOD.md: 0.45 / 0.225). Audio: log-mel [N, n_mels, frames]
+-> [N, 1, n_mels, frames]. Training adds its random augmentations on top of the same normalisation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+VIDEO_MEAN = 0.45
+VIDEO_STD = 0.225
+
+
+def center_crop_box(height: int, width: int, crop: int) -> tuple[int, int]:
+    """Top-left corner of a centred crop x crop window."""
+    if crop > min(height, width):
+        raise ValueError(f"crop {crop} is larger than the stored frames ({height}x{width}); "
+                         "lower the crop or ingest with a larger short_side")
+    return (height - crop) // 2, (width - crop) // 2
+
+
+def normalize_video(frames: Tensor, mean: float = VIDEO_MEAN, std: float = VIDEO_STD) -> Tensor:
+    """uint8 [..., F, H, W, 3] -> float32 [..., 3, F, H, W] normalised."""
+    x = frames.float().div_(255.0).sub_(mean).div_(std)
+    return x.movedim(-1, -4)
+
+
+def video_clips(frames: np.ndarray, crop: int, mean: float = VIDEO_MEAN, std: float = VIDEO_STD) -> Tensor:
+    """uint8 [N, F, H, W, 3] -> float32 [N, 3, F, crop, crop] (centre crop, normalised)."""
+    top, left = center_crop_box(frames.shape[2], frames.shape[3], crop)
+    window = np.ascontiguousarray(frames[:, :, top:top + crop, left:left + crop])
+    return normalize_video(torch.from_numpy(window), mean, std)
+
+
+def audio_clips(log_mel: np.ndarray) -> Tensor:
+    """log-mel [N, n_mels, frames] -> float32 [N, 1, n_mels, frames]."""
+    return torch.from_numpy(np.ascontiguousarray(log_mel, dtype=np.float32)).unsqueeze(1)
