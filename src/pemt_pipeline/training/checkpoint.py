@@ -1,0 +1,96 @@
+"""Training checkpoints: written atomically, loaded with ``weights_only=True``.
+
+A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so loading one
+runs no code: ``step``, ``model``, ``objective``, ``optimizer``, ``scheduler``, ``sampler``, ``rng``
+(torch CPU/CUDA generator states, NumPy's and Python's), ``config`` (the training parameters) and
+``model_config``. It is written to a temporary file in the same folder, flushed to disk, then renamed
+over the previous one, so a run killed at any moment (SIGKILL included) leaves the last complete
+checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LAST = "last.pt"
+STALE = "stale.pt"  # a checkpoint of a run with other parameters, set aside
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator a training step touches, as weights_only-safe values."""
+    bit_generator, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"bit_generator": bit_generator, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": _python_state_to_tensor(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["bit_generator"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate(_python_state_from_tensor(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_tensor(state: tuple) -> dict[str, Any]:
+    version, internal, gauss = state
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _python_state_from_tensor(state: dict[str, Any]) -> tuple:
+    return state["version"], tuple(int(x) for x in state["internal"].tolist()), state["gauss"]
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
+    """Write atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load with weights_only=True (no code runs); a clear error if the file is not a checkpoint."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a bad file
+        raise ValueError(f"{str(path)!r} is not a readable training checkpoint: {exc}") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "step" not in checkpoint:
+        raise ValueError(f"{str(path)!r} is not a training checkpoint (no model/step)")
+    return checkpoint
+
+
+def export_model(model, path: str | os.PathLike) -> Path:
+    """The trained model alone ({"model": state dict, "model_config": dict}), atomically."""
+    return save_checkpoint(path, {"model": model.state_dict(), "model_config": model.cfg.to_dict(), "step": -1})
+
+
+def remove_temporaries(folder: str | os.PathLike) -> None:
+    """Delete partial files a killed writer left behind."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)

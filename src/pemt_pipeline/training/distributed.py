@@ -1,0 +1,46 @@
+"""Several processes (GPUs, machines): DDP workers started from Python with torch's elastic launcher
+(what `torchrun` runs), never by running `kedro run` once per rank.
+
+One machine, N GPUs:     kedro run --env paper --pipelines training --params training.nproc_per_node=N
+Several machines (M):    on every machine, the same command plus
+                         --params training.nnodes=M,training.rdzv_endpoint=<host of machine 0>:29500
+The elastic agent of each machine starts its `nproc_per_node` workers, they meet at the rendezvous
+endpoint, and global rank 0 writes checkpoints, metrics and the final model. Without CUDA the
+workers use the gloo backend on the CPU (how the tests run two processes).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import torch
+import torch.distributed as dist
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from pemt_pipeline.training.loop import TrainConfig, TrainInputs, _Context, run_training
+
+
+def _worker(inputs: TrainInputs) -> dict:
+    cfg = TrainConfig.from_dict(inputs.train)
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend)
+    try:
+        ctx = _Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return run_training(inputs, ctx)
+    finally:
+        dist.destroy_process_group()
+
+
+def train(inputs: TrainInputs) -> dict:
+    """Run training in this process, or launch `nnodes x nproc_per_node` DDP workers and wait for them.
+    Returns the summary of global rank 0 (on machines other than the first: of their first worker)."""
+    cfg = TrainConfig.from_dict(inputs.train)
+    if cfg.world_size == 1:
+        return run_training(inputs)
+    config = LaunchConfig(min_nodes=cfg.nnodes, max_nodes=cfg.nnodes, nproc_per_node=cfg.nproc_per_node,
+                          run_id=os.environ.get("PEMT_RUN_ID", f"pemt-{uuid.uuid4().hex[:8]}" if cfg.nnodes == 1 else "pemt"),
+                          rdzv_backend="c10d", rdzv_endpoint=cfg.rdzv_endpoint, max_restarts=0, monitor_interval=0.5,
+                          start_method="spawn")
+    results = elastic_launch(config, _worker)(inputs)
+    return results[min(results)]

@@ -1,0 +1,98 @@
+"""The training loop: clear errors before work, NaN guard, schedule, resume equality."""
+
+import math
+
+import pytest
+import torch
+
+from pemt_pipeline.training import checkpoint as ckpt
+from pemt_pipeline.training.loop import TrainConfig, lr_factor, prepare_inputs, run_training
+from pemt_pipeline.training.losses import PretrainingObjective
+from tests.training.conftest import TINY_AUGMENT, TINY_MODEL, uniform_negatives
+
+
+def _inputs(tiny_demo, tmp_path, **train):
+    manifest, store = tiny_demo
+    params = {"steps": 6, "batch_size": 4, "negatives": "random", "checkpoint_dir": str(tmp_path / "ckpt"),
+              "dvclive_dir": str(tmp_path / "live"), "log_every": 1, "checkpoint_every": 2, "warmup_steps": 2,
+              "progress": False, **train}
+    return prepare_inputs(manifest, store.clips, uniform_negatives(store.clips), TINY_MODEL, {}, TINY_AUGMENT, params)
+
+
+def test_clear_errors_before_any_work(tiny_demo, tmp_path):
+    manifest, store = tiny_demo
+    negatives = uniform_negatives(store.clips)
+    with pytest.raises(ValueError, match="manifest is empty"):
+        prepare_inputs(manifest.iloc[:0], store.clips, negatives, TINY_MODEL, {}, TINY_AUGMENT, {})
+    with pytest.raises(ValueError, match="another manifest"):
+        prepare_inputs(manifest.iloc[:5], store.clips, negatives, TINY_MODEL, {}, TINY_AUGMENT, {})
+    with pytest.raises(ValueError, match="fewer than training.batch_size"):
+        prepare_inputs(manifest, store.clips, negatives, TINY_MODEL, {}, TINY_AUGMENT, {"batch_size": 9})
+    with pytest.raises(ValueError, match="stesp"):
+        TrainConfig.from_dict({"stesp": 3})
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(100, cfg) == pytest.approx(0.1)
+    assert lr_factor(55, cfg) == pytest.approx(0.55)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tiny_demo, tmp_path, monkeypatch):
+    real_forward = PretrainingObjective.forward
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch, generator=None):
+        calls["n"] += 1
+        loss, logs = real_forward(self, model, batch, generator)
+        if calls["n"] == 4:  # step index 3
+            return loss * float("nan"), {**logs, "total": float("nan")}
+        return loss, logs
+
+    monkeypatch.setattr(PretrainingObjective, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match=r"nan at step 3.*last good checkpoint is .*last.pt"):
+        run_training(_inputs(tiny_demo, tmp_path))
+    saved = ckpt.load_checkpoint(tmp_path / "ckpt" / ckpt.LAST)
+    assert saved["step"] == 2 and all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_checkpoint_holds_everything_and_loads_weights_only(tiny_demo, tmp_path):
+    summary = run_training(_inputs(tiny_demo, tmp_path, steps=2))
+    saved = torch.load(tmp_path / "ckpt" / ckpt.LAST, weights_only=True)
+    assert {"step", "model", "objective", "optimizer", "scheduler", "sampler", "rng", "config", "model_config"} <= set(saved)
+    assert saved["step"] == summary["steps"] == 2
+    assert math.isfinite(summary["final"]["total"])
+    assert (tmp_path / "live" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("negatives,batches_per_epoch", [("random", None), ("content", None), ("content", 3)])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_demo, tmp_path, negatives, batches_per_epoch):
+    """Stop at the step-2 checkpoint, resume to 6: the same weights as 6 steps straight (epoch
+    boundaries and mid-epoch resumption, random and content-aware batches)."""
+    kw = {"steps": 6, "negatives": negatives, "batches_per_epoch": batches_per_epoch}
+    run_training(_inputs(tiny_demo, tmp_path / "a", **kw))
+    first = _inputs(tiny_demo, tmp_path / "b", **kw)
+    first.train["steps"] = 2  # the run that gets "killed" after its step-2 checkpoint
+    run_training(first)
+    resumed = _inputs(tiny_demo, tmp_path / "b", **kw)
+    summary = run_training(resumed)
+    assert summary["resumed_from"] == 2
+    a = ckpt.load_checkpoint(tmp_path / "a" / "ckpt" / ckpt.LAST)["model"]
+    b = ckpt.load_checkpoint(tmp_path / "b" / "ckpt" / ckpt.LAST)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_two_gloo_processes_match_one_process(tiny_demo, tmp_path):
+    """DDP: 2 CPU processes (gloo) and 1 process with the same global batch give the same losses
+    within 2% (they differ only in MEP masks, CPP pairs and augmentation draws, which are per rank)."""
+    from pemt_pipeline.training.distributed import train
+
+    one = train(_inputs(tiny_demo, tmp_path / "one", steps=8, log_every=8, warmup_steps=1))
+    two = train(_inputs(tiny_demo, tmp_path / "two", steps=8, log_every=8, warmup_steps=1, nproc_per_node=2))
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    for term in ("mep_visual", "mep_audio", "mep_multimodal", "cpp", "total"):
+        assert two["final"][term] == pytest.approx(one["final"][term], rel=0.02), term
+    assert (tmp_path / "two" / "ckpt" / ckpt.LAST).is_file()  # rank 0 wrote it
