@@ -15,6 +15,17 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests run torch on one thread: their tensors are small, and the machine has 2 cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def shared_data(name: str) -> Path:
     """A folder of ../shared/data; a test that needs it fails (never skips) when it is missing."""
     path = SHARED_DATA / name

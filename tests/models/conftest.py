@@ -18,13 +18,6 @@ FRAMES, CROP, MELS, MEL_FRAMES = 4, 32, 16, 16
 MAX_CLIPS = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_config(**overrides) -> ModelConfig:
     cfg = ModelConfig(

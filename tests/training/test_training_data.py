@@ -19,13 +19,6 @@ T, FRAMES, H, W, MELS, L = 3, 4, 10, 14, 16, 20
 AUG = AugmentConfig(crop=8, short_side_range=(8, 10), flip=0.5, frame_jitter=1, freq_mask=0.1, time_mask=0.1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_manifest(folder, n_clips=(2, 3, 1), frames=None, height=H, width=W) -> pd.DataFrame:
     """One shard per video with n real clips (the rest padding), random content."""

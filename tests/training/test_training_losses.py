@@ -23,13 +23,6 @@ from pemt_pipeline.training import (
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def hadamard(n: int) -> torch.Tensor:
     h = torch.ones(1, 1)

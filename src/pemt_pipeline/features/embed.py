@@ -8,7 +8,6 @@ tells similar clips from different ones, METHOD.md section 4) or loaded from a t
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from pemt_pipeline.configs import from_params
 from pemt_pipeline.features.store import ClipEmbeddings, EmbeddingWriter
 from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, audio_clips, video_clips
 from pemt_pipeline.media.shards import load_shard
@@ -42,11 +42,7 @@ class EmbedConfig:
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> EmbedConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ValueError(f"unknown embedding parameter(s) {unknown}; known: {sorted(names)}")
-        cfg = cls(**params)
+        cfg = from_params(cls, params, "embedding")
         if cfg.batch_size < 1 or cfg.crop < 1 or cfg.std <= 0:
             raise ValueError("embedding.batch_size and embedding.crop must be >= 1, embedding.std > 0")
         if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
@@ -94,21 +90,22 @@ def clip_table(manifest: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _batches(manifest: pd.DataFrame, batch_size: int):
-    """Yield (frames uint8 [n, F, H, W, 3], log_mel [n, M, L]) of real clips, in clip-table order."""
-    frames, mels, held = [], [], 0
+def _batches(manifest: pd.DataFrame, cfg: EmbedConfig):
+    """Yield model inputs (video [n, 3, F, crop, crop], audio [n, 1, M, L]) of real clips in clip-table
+    order, `batch_size` at a time (each video is cropped first: videos may differ in size)."""
+    videos, audios, held = [], [], 0
     for video in manifest.itertuples():
         shard = load_shard(video.shard_path, ("frames", "log_mel", "clip_mask"))
         real = shard["clip_mask"]
-        frames.append(shard["frames"][real])
-        mels.append(shard["log_mel"][real])
+        videos.append(video_clips(shard["frames"][real], cfg.crop, cfg.mean, cfg.std))
+        audios.append(audio_clips(shard["log_mel"][real]))
         held += int(real.sum())
-        while held >= batch_size:
-            f, m = np.concatenate(frames), np.concatenate(mels)
-            yield f[:batch_size], m[:batch_size]
-            frames, mels, held = [f[batch_size:]], [m[batch_size:]], held - batch_size
+        while held >= cfg.batch_size:
+            v, a = torch.cat(videos), torch.cat(audios)
+            yield v[:cfg.batch_size], a[:cfg.batch_size]
+            videos, audios, held = [v[cfg.batch_size:]], [a[cfg.batch_size:]], held - cfg.batch_size
     if held:
-        yield np.concatenate(frames), np.concatenate(mels)
+        yield torch.cat(videos), torch.cat(audios)
 
 
 def embed_clips(manifest: pd.DataFrame, model_cfg: ModelConfig, cfg: EmbedConfig) -> ClipEmbeddings:
@@ -127,12 +124,11 @@ def embed_clips(manifest: pd.DataFrame, model_cfg: ModelConfig, cfg: EmbedConfig
     bar = tqdm(total=len(clips), desc="embedding clips", unit="clip", disable=not cfg.progress)
     try:
         with torch.inference_mode():
-            for frames, mels in _batches(manifest, cfg.batch_size):
-                video = video_clips(frames, cfg.crop, cfg.mean, cfg.std).to(device, non_blocking=True)
-                audio = audio_clips(mels).to(device, non_blocking=True)
+            for video, audio in _batches(manifest, cfg):
+                video, audio = video.to(device, non_blocking=True), audio.to(device, non_blocking=True)
                 writer.write({"visual": model.visual_cnn(video).float().cpu().numpy(),
                               "audio": model.audio_cnn(audio).float().cpu().numpy()})
-                bar.update(len(frames))
+                bar.update(len(video))
     except BaseException:
         writer.abort()
         raise

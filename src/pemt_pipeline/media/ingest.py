@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from pemt_pipeline.configs import from_params
 from pemt_pipeline.media import audio as A
 from pemt_pipeline.media import clips as C
 from pemt_pipeline.media.decode import (
@@ -104,16 +105,10 @@ class IngestConfig:
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> IngestConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names - set(cls.CATALOG_KEYS))
-        if unknown:
-            raise ValueError(f"unknown ingestion parameter(s) {unknown}; known: {sorted(names)}")
-        values = {k: v for k, v in params.items() if k in names}
-        if values.get("extensions") == "default":
-            values["extensions"] = DEFAULT_EXTENSIONS
-        elif isinstance(values.get("extensions"), list):
-            values["extensions"] = tuple(values["extensions"])
-        cfg = cls(**values)
+        params = dict(params)
+        if params.get("extensions") == "default":
+            params["extensions"] = DEFAULT_EXTENSIONS
+        cfg = from_params(cls, params, "ingestion", ignore=cls.CATALOG_KEYS)
         cfg.validate()
         return cfg
 

@@ -32,7 +32,6 @@ with single-threaded x264, so the same :class:`DemoConfig` gives byte-identical 
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import numbers
@@ -45,6 +44,8 @@ import av
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
+
+from pemt_pipeline.configs import from_params
 
 __all__ = [
     "CLASS_TEMPLATES",
@@ -184,11 +185,7 @@ class DemoConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> DemoConfig:
         """Build from a mapping (e.g. Kedro parameters); unknown keys raise ``ValueError``."""
-        d = dict(d or {})
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"DemoConfig: unknown key(s) {unknown}")
-        return cls(**d)
+        return from_params(cls, d, "demo_data")
 
     def class_names(self) -> list[str]:
         """Names of the classes in use, in template order."""

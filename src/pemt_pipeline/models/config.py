@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pemt_pipeline.configs import from_params
+
 FUSIONS = ("early", "mid", "late")
 TRANSFORMER_SHARING = ("none", "full", "lowrank")
 ORTHOGONAL_MAPS = ("matrix_exp", "cayley", "householder")
@@ -101,23 +103,14 @@ class ModelConfig:
         """Build from the YAML `model:` block (missing keys keep their defaults)."""
         d = dict(d)
         parts = {
-            key: _from_dict(sub, d.pop(key, None) or {})
+            key: from_params(sub, d.pop(key, None) or {})
             for key, sub in (("visual", VisualCNNConfig), ("audio", AudioCNNConfig),
                              ("transformer", TransformerConfig))
         }
-        return _from_dict(cls, d, **parts)
+        return from_params(cls, d, **parts)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _from_dict(cls, d: dict[str, Any], **extra):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return cls(**values, **extra)
 
 
 def load_model_config(conf_source: str | Path = "conf", env: str | None = "local") -> ModelConfig:

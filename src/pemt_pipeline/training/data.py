@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, normalize_video, video_clips
 from pemt_pipeline.media.shards import load_shard
-from pemt_pipeline.models.config import _from_dict
+from pemt_pipeline.configs import from_params
 
 SHARD_TENSORS = ("frames", "log_mel", "clip_mask")  # the only tensors training reads
 VARIANTS = ("content", "random")
@@ -84,7 +84,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
         """From the YAML `augment:` block; unknown keys raise a ValueError naming them."""
-        return _from_dict(cls, d)
+        return from_params(cls, d, "training.augment")
 
 
 def mask_width(rate: float, size: int) -> int:

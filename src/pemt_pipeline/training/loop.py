@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from pemt_pipeline.configs import from_params
 from pemt_pipeline.features.embed import resolve_device
 from pemt_pipeline.models import ModelConfig, PEMTModel
 from pemt_pipeline.training.checkpoint import (
@@ -84,14 +85,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ValueError(f"unknown training parameter(s) {unknown}; known: {sorted(names)}")
-        values = dict(params)
-        if isinstance(values.get("splits"), list):
-            values["splits"] = tuple(values["splits"])
-        cfg = cls(**values)
+        cfg = from_params(cls, params, "training")
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "nproc_per_node", "nnodes"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(cfg, name)}")

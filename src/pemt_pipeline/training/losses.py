@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pemt_pipeline.models import PEMTModel, StreamOutput
-from pemt_pipeline.models.config import _from_dict
+from pemt_pipeline.configs import from_params
 
 MODALITIES = ("visual", "audio")
 
@@ -46,7 +46,7 @@ class LossConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LossConfig:
         """From the YAML `loss:` block; unknown keys raise a ValueError naming them."""
-        return _from_dict(cls, d)
+        return from_params(cls, d, "training.loss")
 
 
 def _rand(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
