@@ -96,3 +96,16 @@ def test_two_gloo_processes_match_one_process(tiny_demo, tmp_path):
     for term in ("mep_visual", "mep_audio", "mep_multimodal", "cpp", "total"):
         assert two["final"][term] == pytest.approx(one["final"][term], rel=0.02), term
     assert (tmp_path / "two" / "ckpt" / ckpt.LAST).is_file()  # rank 0 wrote it
+
+
+def test_a_checkpoint_of_other_data_is_set_aside(tiny_demo, tmp_path):
+    run_training(_inputs(tiny_demo, tmp_path, steps=2))
+    other = _inputs(tiny_demo, tmp_path, steps=2)
+    other.negatives = other.negatives.iloc[::2].reset_index(drop=True)  # another negative table
+    from pemt_pipeline.training.loop import data_fingerprint
+
+    other.fingerprint = data_fingerprint(other.manifest, other.negatives)
+    summary = run_training(other)
+    assert summary["resumed_from"] is None and summary["steps"] == 2
+    assert (tmp_path / "ckpt" / ckpt.STALE).is_file()
+    assert run_training(other)["resumed_from"] == 2  # the same data again: resumed

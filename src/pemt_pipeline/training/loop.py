@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -110,6 +111,7 @@ class TrainInputs:
     negatives: pd.DataFrame  # anchor, candidate, probability; clip ids renumbered for the subset:
     #   its real clips, video after video in manifest order (the dataset's numbering)
     clip_video_index: np.ndarray  # [n_clips] dataset index (video) of each training clip
+    fingerprint: str  # of the training data (videos, their content, the negative table): resuming needs the same
     model: dict[str, Any]
     loss: dict[str, Any]
     augment: dict[str, Any]
@@ -140,7 +142,18 @@ def prepare_inputs(manifest: pd.DataFrame, clips: pd.DataFrame, negatives: pd.Da
     table = negatives.assign(anchor=new_id[negatives["anchor"]], candidate=new_id[negatives["candidate"]])
     table = table[(table["anchor"] >= 0) & (table["candidate"] >= 0)].copy()
     table["probability"] = table["probability"] / table.groupby("anchor")["probability"].transform("sum")
-    return TrainInputs(subset, table.reset_index(drop=True), clip_video_index, model, loss, augment, train)
+    table = table.reset_index(drop=True)
+    return TrainInputs(subset, table, clip_video_index, data_fingerprint(subset, table), model, loss, augment, train)
+
+
+def data_fingerprint(manifest: pd.DataFrame, negatives: pd.DataFrame) -> str:
+    """A hash of what the training sees: its videos (ids, content hashes, clips) and the negative table."""
+    digest = hashlib.sha256()
+    columns = [c for c in ("video_id", "content_hash", "n_clips", "params_hash") if c in manifest]
+    digest.update(pd.util.hash_pandas_object(manifest[columns], index=False).to_numpy().tobytes())
+    digest.update(pd.util.hash_pandas_object(negatives[["anchor", "candidate", "probability"]], index=False)
+                  .to_numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -235,8 +248,9 @@ def run_training(inputs: TrainInputs, ctx: _Context | None = None) -> dict[str, 
     ckpt_dir = Path(cfg.checkpoint_dir)
     step, resumed_from = 0, None
     ckpt = load_checkpoint(ckpt_dir / LAST) if cfg.resume and (ckpt_dir / LAST).is_file() else None
-    if ckpt is not None and (ckpt.get("config") != cfg.identity() or ckpt.get("model_config") != model_cfg.to_dict()):
-        logger.warning("%s was written with other parameters: starting afresh (it is kept as %s)",
+    if ckpt is not None and (ckpt.get("config") != cfg.identity() or ckpt.get("model_config") != model_cfg.to_dict()
+                             or ckpt.get("data") != inputs.fingerprint):
+        logger.warning("%s was written with other parameters or data: starting afresh (it is kept as %s)",
                        ckpt_dir / LAST, ckpt_dir / STALE)
         if ctx.main:
             os.replace(ckpt_dir / LAST, ckpt_dir / STALE)
@@ -284,7 +298,7 @@ def run_training(inputs: TrainInputs, ctx: _Context | None = None) -> dict[str, 
                 "step": step, "model": step_module.model.state_dict(), "objective": step_module.objective.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "sampler": sampler.state_dict(batches_done=micro_done % bpe), "rng": rng_state(),
-                "config": cfg.identity(), "model_config": model_cfg.to_dict()})
+                "config": cfg.identity(), "model_config": model_cfg.to_dict(), "data": inputs.fingerprint})
 
     start_time = time.perf_counter()
     micro = micro_done % cfg.grad_accum

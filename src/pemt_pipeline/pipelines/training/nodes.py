@@ -1,0 +1,30 @@
+"""Nodes of the `training` pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from pemt_pipeline.features import ClipEmbeddings
+from pemt_pipeline.features.embed import load_model
+from pemt_pipeline.models import ModelConfig, PEMTModel
+from pemt_pipeline.training.distributed import train
+from pemt_pipeline.training.loop import TrainInputs, prepare_inputs
+
+
+def prepare_training(manifest: pd.DataFrame, clip_embeddings: ClipEmbeddings, negatives_table: pd.DataFrame,
+                     params: dict[str, Any], model_params: dict[str, Any]) -> TrainInputs:
+    """Check that manifest, embeddings and negative table agree; keep the training splits."""
+    params = dict(params)
+    loss, augment = params.pop("loss"), params.pop("augment")
+    return prepare_inputs(manifest, clip_embeddings.clips, negatives_table, model_params, loss, augment, params)
+
+
+def pretrain(inputs: TrainInputs) -> tuple[PEMTModel, dict[str, Any]]:
+    """Train (in this process or as DDP workers), resuming from the last checkpoint; return the
+    final model and a summary."""
+    summary = train(inputs)
+    model = load_model(ModelConfig.from_dict(inputs.model), summary["checkpoint"])
+    summary["parameters"] = model.parameter_counts()
+    return model, summary

@@ -1,0 +1,19 @@
+"""Wiring of the `training` pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from pemt_pipeline.pipelines.training.nodes import prepare_training, pretrain
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                prepare_training,
+                inputs=["manifest", "clip_embeddings", "negatives_table", "params:training", "params:model"],
+                outputs="training_inputs",
+                name="prepare_training_inputs",
+            ),
+            Node(pretrain, inputs="training_inputs", outputs=["pretrained_model", "training_summary"], name="pretrain"),
+        ]
+    )

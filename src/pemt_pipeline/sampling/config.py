@@ -1,0 +1,171 @@
+"""Configuration of the negative table, embedding spaces and input checks (no Kedro)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pemt_pipeline.configs import from_params
+
+VARIANTS = ("similar", "dissimilar", "random")
+TRIMS = ("quantile", "range")
+MODES = ("exact", "approximate")
+DEVICES = ("auto", "cpu", "cuda")
+INDEXES = ("ivf", "flat")
+SPACES = ("visual", "audio", "joint")
+
+
+@dataclass(frozen=True)
+class NegativeConfig:
+    """How the negative table is built; `table.py`'s docstring states the rules exactly.
+
+    Rules
+      variant   similar | dissimilar | random: which candidates are kept and how they are weighted.
+      k         candidates kept per anchor (the table is O(N*k)).
+      interval  central share kept. trim="quantile": share of the anchor's candidates (empirical
+                order statistics); trim="range": share of the normalised range [0, 1].
+      trim      quantile | range (see `table.py`).
+      eps       added to every weight, so the far edge of `similar` (1 - d~ = 0) stays drawable.
+    Scale
+      mode          exact (blockwise matrix products) | approximate (nearest-neighbour index).
+      max_block_mb  bound on the working memory of exact mode, whatever N is (and the query-batch
+                    size of approximate mode).
+      device        auto | cpu | cuda (exact mode's products; approximate mode runs faiss on CPU).
+      seed          pilot samples, the random variant, index training: all reproducible from it.
+      pilot_size    exact mode: candidates in each anchor block's pilot sample, which brackets the
+                    order statistics before the full pass (speed only; results stay exact).
+      device_cache_mb  exact mode on an accelerator: candidates are copied there once when they fit
+                    in this many MB, else streamed per block.
+    Approximate mode
+      index        ivf (faiss IndexIVFFlat) | flat (exhaustive faiss index; for tests/small N).
+      nlist        inverted lists; 0 = about 4*sqrt(N).
+      n_probe      lists visited per query (recall/speed knob).
+      oversample   the index is asked for k*oversample + (largest video's clips) neighbours, so that
+                   own-video and trimmed ones can be dropped and k still remain.
+      sample_size  random candidates per query batch for the normalisation statistics (min, max),
+                   the quantile estimates and the random variant.
+      train_size   vectors used to train the index's coarse quantiser (k-means).
+    """
+
+    variant: str = "similar"
+    k: int = 32
+    interval: float = 0.95
+    trim: str = "quantile"
+    eps: float = 1e-3
+    mode: str = "exact"
+    max_block_mb: float = 256.0
+    device: str = "auto"
+    seed: int = 0
+    pilot_size: int = 8192
+    device_cache_mb: float = 2048.0
+    index: str = "ivf"
+    nlist: int = 0
+    n_probe: int = 16
+    oversample: int = 4
+    sample_size: int = 2048
+    train_size: int = 65536
+
+    def __post_init__(self) -> None:
+        _choice("variant", self.variant, VARIANTS)
+        _choice("trim", self.trim, TRIMS)
+        _choice("mode", self.mode, MODES)
+        _choice("device", self.device, DEVICES)
+        _choice("index", self.index, INDEXES)
+        for name in ("k", "pilot_size", "n_probe", "oversample", "sample_size", "train_size"):
+            _positive_int(name, getattr(self, name))
+        if not isinstance(self.nlist, int) or self.nlist < 0:
+            raise ValueError(f"NegativeConfig.nlist must be an int >= 0 (0 = auto), got {self.nlist!r}")
+        if not 0.0 < float(self.interval) <= 1.0:
+            raise ValueError(f"NegativeConfig.interval must be in (0, 1], got {self.interval!r}")
+        for name in ("max_block_mb", "device_cache_mb"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"NegativeConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.eps) <= 1.0:
+            raise ValueError(f"NegativeConfig.eps must be in [0, 1], got {self.eps!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> NegativeConfig:
+        """Build from a mapping (e.g. Kedro parameters); unknown keys are a ValueError naming them."""
+        return from_params(cls, d, "negatives")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"NegativeConfig.{name} must be one of {allowed}, got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"NegativeConfig.{name} must be an int >= 1, got {value!r}")
+
+
+def embedding_space(visual: np.ndarray, audio: np.ndarray, space: str) -> np.ndarray:
+    """[N, Dv], [N, Da] -> [N, d] float32 embeddings of one space.
+
+    visual / audio: that modality's CNN embeddings as they are (float32), so distances are the
+    CNN space's own l2 distances. joint: each modality L2-normalised per clip, concatenated and
+    scaled by 1/sqrt(2): every clip has norm 1 and both modalities weigh equally
+    (d_joint^2 = (d_visual^2 + d_audio^2) / 2 between unit vectors). Zero vectors stay zero.
+    """
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    v = _as_2d("visual", visual)
+    a = _as_2d("audio", audio)
+    if len(v) != len(a):
+        raise ValueError(f"visual has {len(v)} clips but audio has {len(a)}")
+    if space == "visual":
+        return np.asarray(v, dtype=np.float32)
+    if space == "audio":
+        return np.asarray(a, dtype=np.float32)
+    out = np.empty((len(v), v.shape[1] + a.shape[1]), dtype=np.float32)  # [N, Dv + Da]
+    step = max(1, (64 << 20) // (4 * out.shape[1]))
+    for lo in range(0, len(v), step):
+        out[lo:lo + step, :v.shape[1]] = _unit(v[lo:lo + step])
+        out[lo:lo + step, v.shape[1]:] = _unit(a[lo:lo + step])
+    out *= np.float32(1.0 / np.sqrt(2.0))
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def _as_2d(name: str, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [N, d], got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name} must be floating point, got dtype {x.dtype}")
+    return x
+
+
+def check_inputs(embeddings: np.ndarray, video_index: np.ndarray) -> np.ndarray:
+    """Shape/dtype checks (finiteness is checked blockwise later); returns video_index as int64."""
+    emb = _as_2d("embeddings", embeddings)
+    if emb.shape[0] == 0 or emb.shape[1] == 0:
+        raise ValueError(f"embeddings must be non-empty [N, d], got shape {emb.shape}")
+    vid = np.asarray(video_index)
+    if vid.ndim != 1:
+        raise ValueError(f"video_index must be 1-D [N], got shape {vid.shape}")
+    if len(vid) != emb.shape[0]:
+        raise ValueError(f"video_index has {len(vid)} entries but embeddings has {emb.shape[0]} rows")
+    if not np.issubdtype(vid.dtype, np.integer):
+        raise ValueError(f"video_index must be integer, got dtype {vid.dtype}")
+    return vid.astype(np.int64, copy=False)
+
+
+def first_bad_row(block: np.ndarray, offset: int, rows: np.ndarray | None = None) -> None:
+    """ValueError naming the first clip row whose embedding is NaN or infinite, if any."""
+    bad = ~np.isfinite(block).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        row = int(rows[i]) if rows is not None else offset + i
+        raise ValueError(f"embeddings row {row} is not finite (NaN or inf)")
