@@ -56,7 +56,8 @@ def test_default_chain_trains_and_a_killed_training_resumes(tmp_path, monkeypatc
     shutil.rmtree(killed / "data/06_models/checkpoints")
     (killed / "data/06_models/pretrained_model.pt").unlink()
     cmd = [sys.executable, "-m", "kedro", "run", "--pipelines", "training", "--params", ",".join(_flat(SMALL))]
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    # one torch thread, as the in-process runs (float sums differ across thread counts)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     ckpt = killed / "data/06_models/checkpoints" / LAST
