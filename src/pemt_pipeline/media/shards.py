@@ -47,7 +47,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str] | None:
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
-    except (OSError, Exception):  # safetensors raises its own SafetensorError on bad headers
+    except Exception:  # noqa: BLE001 - OSError, or safetensors' own SafetensorError on a bad header
         return None
     return meta if meta.get("format") == SHARD_FORMAT else None
 

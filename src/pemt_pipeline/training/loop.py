@@ -40,13 +40,11 @@ from pemt_pipeline.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pemt_pipeline.training.data import VARIANTS as BATCH_VARIANTS
 from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate, derive_seed
 from pemt_pipeline.training.losses import LossConfig, PretrainingObjective
 
 logger = logging.getLogger(__name__)
-
-NEGATIVE_VARIANTS = ("content", "random")
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -90,8 +88,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "nproc_per_node", "nnodes"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(cfg, name)}")
-        if cfg.negatives not in NEGATIVE_VARIANTS:
-            raise ValueError(f"training.negatives must be one of {NEGATIVE_VARIANTS}, got {cfg.negatives!r}")
+        if cfg.negatives not in BATCH_VARIANTS:
+            raise ValueError(f"training.negatives must be one of {BATCH_VARIANTS}, got {cfg.negatives!r}")
         return cfg
 
     @property
@@ -239,7 +237,7 @@ def run_training(inputs: TrainInputs, ctx: _Context | None = None) -> dict[str, 
 
     augment = AugmentConfig.from_dict(inputs.augment)
     dataset = ShardClipDataset(inputs.manifest, augment, train=True, seed=cfg.seed)
-    sampler = VideoBatchSampler(len(dataset), cfg.batch_size, "content" if cfg.negatives == "content" else "random",
+    sampler = VideoBatchSampler(len(dataset), cfg.batch_size, cfg.negatives,
                                 _negative_sampler(inputs, cfg), cfg.batches_per_epoch, cfg.seed, ctx.rank,
                                 ctx.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
