@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pemt_pipeline.sampling import NegativeConfig, build_negative_table
+from pemt_pipeline.sampling.approximate import ApproximateBuilder
 
 
 def clustered_set(n_videos=600, clips=5, d=32, classes=30, seed=0):
@@ -29,18 +30,42 @@ def check(tab, vid, k):
     assert tab.groupby("anchor").size().max() <= k
 
 
-@pytest.mark.parametrize("variant", ["similar", "dissimilar"])
-def test_range_recall_of_exact_top_k(variant):
+@pytest.mark.parametrize("variant,n_probe", [("similar", 16), ("dissimilar", 64)])
+def test_range_recall_of_exact_top_k(variant, n_probe):
     emb, vid = clustered_set()
     base = {"variant": variant, "trim": "range", "k": 16, "seed": 0}
     exact = build_negative_table(emb, vid, NegativeConfig(**base), progress=False)
-    approx = build_negative_table(emb, vid, NegativeConfig(mode="approximate", n_probe=16, **base),
+    approx = build_negative_table(emb, vid, NegativeConfig(mode="approximate", index="ivf",
+                                                           n_probe=n_probe, **base),
                                   progress=False)
     check(approx, vid, 16)
     assert recall(approx, exact) >= 0.9
     flat = build_negative_table(emb, vid, NegativeConfig(mode="approximate", index="flat", **base),
                                 progress=False)
-    assert recall(flat, exact) >= 0.97  # exhaustive search: only the sampled d_min/d_max differ
+    assert recall(flat, exact) >= 0.99  # exhaustive search: only the extreme set's d_max may differ
+
+
+def test_extreme_set_gives_exact_d_max():
+    emb, vid = clustered_set()
+    builder = ApproximateBuilder(emb, vid, NegativeConfig(mode="approximate", trim="range"))
+    assert len(builder.extreme) < len(vid) // 4
+    d = np.linalg.norm(emb[:, None] - emb[None], axis=2)
+    d[vid[:, None] == vid[None]] = -1
+    e = d[:, builder.extreme]
+    assert np.mean(np.isclose(e.max(1), d.max(1), rtol=1e-5)) >= 0.99
+
+
+def test_deeper_search_reaches_a_cut_beyond_the_first_neighbours():
+    """oversample=1 and one class: the cut lies past the first k_search neighbours of most
+    anchors, so only the deeper searches can find their K candidates."""
+    emb, vid = clustered_set(n_videos=400, classes=1)
+    base = {"trim": "range", "k": 8, "interval": 0.6}
+    exact = build_negative_table(emb, vid, NegativeConfig(**base), progress=False)
+    approx = build_negative_table(emb, vid, NegativeConfig(mode="approximate", index="flat",
+                                                           oversample=1, **base), progress=False)
+    check(approx, vid, 8)
+    assert approx.groupby("anchor").size().min() == 8
+    assert recall(approx, exact) >= 0.99
 
 
 @pytest.mark.parametrize("trim,variant", [("range", "random"), ("quantile", "similar"),

@@ -2,40 +2,41 @@
 
 Each step of the exact rules (`table.py`) is approximated as follows, per batch of anchors:
 
-* Normalisation statistics. A uniform sample of `sample_size` candidates (own video excluded)
-  gives sample estimates of d_min, d_max and of the quantile cuts q_lo, q_hi (order statistics of
-  the sample at t_s = floor(S * (1 - interval) / 2)). The index results refine the wanted end:
-  d_min = min(sample min, nearest found) for similar, d_max = max(sample max, farthest found) for
-  dissimilar; the other end stays the sample's (an underestimated d_max moves the range cut of
-  `similar` down by alpha times its error: the main source of lost recall, see the benchmark).
-* trim="range", similar: the K nearest kept candidates are found with an IVF-Flat L2 index
-  (`nlist` lists, default ~4*sqrt(N), `n_probe` visited; k-means of 10 iterations on
-  `train_size` vectors): it is asked for K * oversample + (largest video's clips)
-  neighbours, own-video ones are dropped, then the range cut on the estimated d_min/d_max, and the
-  first K kept remain.
-* trim="range", dissimilar: farthest-neighbour search as maximum inner product: with
-  c' = [c, ||c||^2 / lam] and q' = [-2a, lam], <q', c'> = ||a - c||^2 - ||a||^2, so an
-  inner-product IVF index over c' (default ~sqrt(N) lists) returns the farthest candidates (lam
-  only balances the extra coordinate for the index's k-means). Then as for similar, from the far
-  end.
-* random: K candidates drawn uniformly from the sample members inside the estimated interval.
+* trim="range", similar (the variant approximate mode is built for):
+  - d_min: the nearest other-video candidate found by an L2 index (IVF-Flat, `nlist` lists,
+    default ~4*sqrt(N), `n_probe` visited, k-means of 10 iterations on `train_size` vectors;
+    index="auto" searches exhaustively below 50k clips).
+  - d_max: the maximum over the *extreme set*, the `extreme_per_anchor` farthest candidates of
+    `extreme_anchors` random anchors found by exact streamed products. Farthest neighbours are a few
+    global outliers shared by most anchors, so this small set (about 1.5k-6k clips) gives the exact
+    d_max for >99% of anchors; a farthest-neighbour index did not (off by 8% of the range at 100k),
+    and since the cut d_min + alpha*(d_max - d_min) sits where candidates are dense, every 1% of
+    d_max error moves it by many ranks (hundreds at 1M clips).
+  - picks: the index is asked for K * oversample + (largest video's clips) neighbours; own-video
+    ones are dropped, then the cut, and the first K kept remain. The cut's rank grows with N, so
+    anchors left with fewer than K are searched again 4x deeper, probing 2x more lists, until they
+    have K or the search is exhaustive; the next batch starts at the depth that served at least
+    half of the last one.
+* trim="range", dissimilar: the same ends, and the K farthest candidates from an inner-product
+  index over c' = [c, ||c||^2 / lam] queried with q' = [-2a, lam] (<q', c'> = ||a - c||^2 - ||a||^2),
+  default ~sqrt(N) lists. Farthest-neighbour search by inner product needs many more lists visited
+  than the L2 search: recall 0.43 at n_probe=16, 0.96 at n_probe=128 (100k clips).
+* random: K candidates drawn uniformly from a uniform sample of `sample_size` candidates inside the
+  interval estimated from that sample.
 * trim="quantile", similar/dissimilar: a quantile cut at rank t ~ M*(1-interval)/2 (25k of 1M
   candidates) cannot be located by a neighbour search without counting every nearer candidate,
   and a sample places it only to within about M*sqrt(p(1-p)/S) ranks. These variants therefore
-  take the K nearest (farthest) *sample* members inside the estimated interval: the right
-  distribution (candidates just beyond the estimated cut), not the exact table's identities.
-  Use trim="range" or exact mode when the exact candidates matter.
+  take the K nearest (farthest) *sample* members inside the sample's quantile cut: the right
+  distribution (candidates just beyond the cut), not the exact table's identities. Use trim="range"
+  or exact mode when the exact candidates matter.
 
 Memory: O(N*d), not bounded by max_block_mb: a float32 copy of the embeddings for the queries
-plus the index's own copy (N*(d+1) floats for dissimilar); query batches are sized by
-max_block_mb. faiss runs on CPU; the sample products use torch on the configured device.
+plus the index's own copy (N*(d+1) floats for dissimilar); query batches and the extreme-set pass
+are sized by max_block_mb. faiss runs on CPU; the products use torch on the configured device.
 
-Measured (benchmarks/bench_negatives.py, clustered synthetic set, K=32, n_probe=16): 21x faster
-than exact at N=1M, but recall@K of the exact range/similar table only 0.82 at 100k and 0.33 at
-1M: the range cut d_min + alpha*(d_max - d_min) lands inside the dense band of same-class
-candidates, and the sampled d_max moves it by more candidates the larger N (an exhaustive flat
-index gives 0.998 at 100k). An exact per-anchor d_max (e.g. a farthest-list scan bounded by the
-triangle inequality on the IVF lists) is the missing piece.
+Measured (benchmarks/bench_negatives.py, clustered synthetic set, K=32, n_probe=16, similar/range):
+recall@K of the exact table 1.0 at 10k (flat), 0.997 at 100k, 0.9994 at 1M (1000 anchors); the
+figures of the last full run are in the README.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .blockwise import pick_random, pick_smallest, resolve_device
-from .config import NegativeConfig, first_bad_row
+from .config import FLAT_BELOW, NegativeConfig, first_bad_row
 from .table import TableParts, range_bounds, trim_count
 
 FAISS_REQUIREMENT = "faiss-cpu==1.15.1"
@@ -82,7 +83,8 @@ def build_index(faiss, data: np.ndarray, inner_product: bool, cfg: NegativeConfi
     n, dim = data.shape
     metric = faiss.METRIC_INNER_PRODUCT if inner_product else faiss.METRIC_L2
     nlist = auto_nlist(n, cfg, inner_product)
-    if cfg.index == "flat" or nlist < 2:
+    flat = cfg.index == "flat" or (cfg.index == "auto" and n < FLAT_BELOW)
+    if flat or nlist < 2:
         index = faiss.IndexFlatIP(dim) if inner_product else faiss.IndexFlatL2(dim)
     else:
         quantizer = faiss.IndexFlatIP(dim) if inner_product else faiss.IndexFlatL2(dim)
@@ -122,49 +124,90 @@ class ApproximateBuilder:
         _, inv, counts = np.unique(vid, return_inverse=True, return_counts=True)
         self.max_own = int(counts.max())
         self.m = self.n - counts[inv]  # [N] candidates per clip
-        self.index = self._index()
+        self.indexes = self._indexes()
+        self.level = 0  # where range searches start: the depth most anchors of the last batch needed
 
-    def _index(self):
-        """The index of the wanted end (range trimming): L2 for similar, inner product on
-        [c, ||c||^2/lam] for dissimilar; None otherwise."""
+    def _indexes(self) -> dict:
+        """Range trimming: an L2 index for the nearest candidates ("near"; d_min, and the picks of
+        similar), plus for dissimilar an inner-product index on [c, ||c||^2/lam] for the farthest
+        ("far"), and the extreme set for d_max. Nothing for quantile trimming or random."""
         if self.cfg.trim != "range" or self.cfg.variant == "random":
-            return None
-        if self.cfg.variant == "similar":
-            return build_index(self.faiss, self.x, False, self.cfg, self.rng)
-        self.lam = far_scale(self.x, self.rng)
-        return build_index(self.faiss, far_augment(self.x, self.lam), True, self.cfg, self.rng)
+            return {}
+        self.extreme = self._extreme_set()
+        indexes = {"near": build_index(self.faiss, self.x, False, self.cfg, self.rng)}
+        if self.cfg.variant == "dissimilar":
+            self.lam = far_scale(self.x, self.rng)
+            indexes["far"] = build_index(self.faiss, far_augment(self.x, self.lam), True, self.cfg,
+                                         self.rng)
+        return indexes
+
+    def _extreme_set(self) -> np.ndarray:
+        """Row ids of the extreme set: the union of the extreme_per_anchor farthest candidates of
+        extreme_anchors random anchors, by exact products streamed over all clips.
+
+        Farthest neighbours are few global outliers shared by many anchors (the far tail of
+        ||c - a|| is ruled by ||c||'s spread, not by a), so the maximum over this small set is
+        the exact d_max for nearly every anchor, which a farthest-neighbour index (inner product
+        on [c, ||c||^2]) was not: its d_max was off by 8% of the range, moving the cut by
+        hundreds of ranks at 1M clips."""
+        s = min(self.n, self.cfg.extreme_anchors)
+        t = min(self.n, self.cfg.extreme_per_anchor)
+        rows = np.sort(self.rng.choice(self.n, s, replace=False))
+        a = torch.from_numpy(self.x[rows]).to(self.device)  # [S, d]
+        best = torch.full((s, 0), -math.inf, device=self.device)
+        best_ids = torch.zeros((s, 0), dtype=torch.int64, device=self.device)
+        step = max(t, int(self.cfg.max_block_mb * 2**20 // (s * 16)))
+        for lo in range(0, self.n, step):
+            d = self._dist(a, rows, np.arange(lo, min(self.n, lo + step)))  # [S, C], NaN own
+            d = torch.cat([best, d.nan_to_num(nan=-math.inf)], 1)
+            ids = torch.cat([best_ids, torch.arange(lo, lo + d.shape[1] - best.shape[1],
+                                                    device=self.device).expand(s, -1)], 1)
+            best, j = d.topk(min(t, d.shape[1]), dim=1)
+            best_ids = ids.gather(1, j)
+        return torch.unique(best_ids[torch.isfinite(best)]).cpu().numpy()
+
+    def _dist(self, a: torch.Tensor, rows: np.ndarray, ids: np.ndarray) -> torch.Tensor:
+        """l2 distances [B, C] of anchors a [B, d] (row ids rows) to clips ids; NaN = own video."""
+        c = torch.from_numpy(self.x[ids]).to(self.device)
+        d2 = a.square().sum(1)[:, None] + c.square().sum(1)[None] - 2.0 * a @ c.T
+        own = torch.from_numpy(self.vid[rows][:, None] == self.vid[ids][None]).to(self.device)
+        return d2.clamp_min(0).sqrt().masked_fill(own, math.nan)
 
     def batch_size(self) -> int:
         s = min(self.n, self.cfg.sample_size)
-        per = s * 16 + self.k_search() * 32 + self.cfg.k * self.d * 8 + 256
+        per = (s + len(getattr(self, "extreme", ()))) * 16 + self._depth(self.level)[0] * 32 \
+            + self.cfg.k * self.d * 8 + 256
         return int(max(1, min(8192, self.cfg.max_block_mb * 2**20 // per)))
 
     def k_search(self) -> int:
         return int(min(self.n, self.cfg.k * self.cfg.oversample + self.max_own))
 
+    def _depth(self, level: int) -> tuple[int, int]:
+        """(neighbours asked, lists probed) of a search `level` steps deeper than the first."""
+        return min(self.n, self.k_search() * 4**level), self.cfg.n_probe * 2**level
+
     def run(self, anchor_rows: np.ndarray, progress: bool) -> pd.DataFrame:
         anchor_rows = anchor_rows[self.m[anchor_rows] > 0]
-        parts, step = TableParts(self.cfg), self.batch_size()
+        parts, lo = TableParts(self.cfg), 0
         with tqdm(total=len(anchor_rows), unit="anchor", disable=not progress,
                   desc=f"negatives ({self.cfg.variant}, approximate)") as bar:
-            for lo in range(0, len(anchor_rows), step):
-                self._batch(anchor_rows[lo:lo + step], parts)
-                bar.update(min(step, len(anchor_rows) - lo))
+            while lo < len(anchor_rows):
+                rows = anchor_rows[lo:lo + self.batch_size()]
+                self._batch(rows, parts)
+                lo += len(rows)
+                bar.update(len(rows))
         return parts.frame()
 
     def _sample(self, a: torch.Tensor, rows: np.ndarray):
         """[B, S] sample distances (NaN = own video), sample row ids."""
         s = min(self.n, self.cfg.sample_size)
         ids = np.arange(self.n) if s >= self.n else np.sort(self.rng.choice(self.n, s, replace=False))
-        c = torch.from_numpy(self.x[ids]).to(self.device)
-        d2 = (a.square().sum(1)[:, None] + c.square().sum(1)[None]
-              - 2.0 * a @ c.T)  # [B, S]
-        dist = d2.clamp_min(0).sqrt()
-        own = torch.from_numpy(self.vid[rows][:, None] == self.vid[ids][None]).to(self.device)
-        return dist.masked_fill(own, math.nan), torch.from_numpy(ids).to(self.device)
+        return self._dist(a, rows, ids), torch.from_numpy(ids).to(self.device)
 
     def _batch(self, rows: np.ndarray, parts: TableParts) -> None:
         cfg = self.cfg
+        if self.indexes:
+            return self._emit(parts, rows, *self._range_batch(rows))
         a = torch.from_numpy(self.x[rows]).to(self.device)  # [B, d]
         sample, ids = self._sample(a, rows)
         dmin = sample.nan_to_num(nan=math.inf).amin(1).double()
@@ -172,15 +215,6 @@ class ApproximateBuilder:
         k = torch.full((len(rows),), cfg.k, device=self.device)
         if cfg.trim == "quantile":
             lo, hi = self._sample_quantiles(sample)
-        elif self.index is not None:
-            found, found_ids = self._search(rows)  # [B, k_search] (NaN = own video / missing)
-            if cfg.variant == "similar":
-                dmin = torch.minimum(dmin, found.nan_to_num(nan=math.inf).amin(1).double())
-            else:
-                dmax = torch.maximum(dmax, found.nan_to_num(nan=-math.inf).amax(1).double())
-            lo, hi = range_bounds(dmin, dmax, cfg.interval)
-            pos, dist, valid = self._pick(found, found_ids, lo, hi, k)
-            return self._emit(parts, rows, pos, dist, valid, dmin, dmax)
         else:
             lo, hi = range_bounds(dmin, dmax, cfg.interval)
         if cfg.variant == "random":
@@ -189,6 +223,39 @@ class ApproximateBuilder:
         else:
             pos, dist, valid = self._pick(sample, ids.expand(len(rows), -1), lo, hi, k)
         self._emit(parts, rows, pos, dist, valid, dmin, dmax)
+
+    def _range_batch(self, rows: np.ndarray):
+        """trim="range", similar/dissimilar: d_min from the near index, d_max from the extreme set,
+        then the K nearest (farthest) candidates inside the cut, searched deeper where needed."""
+        want = "near" if self.cfg.variant == "similar" else "far"
+        level = self.level
+        found, found_ids, full = self._search(rows, want, *self._depth(level))
+        nearest = found if want == "near" else self._search(rows, "near", *self._depth(0))[0]
+        dmin = nearest.nan_to_num(nan=math.inf).amin(1).double()
+        a = torch.from_numpy(self.x[rows]).to(self.device)
+        dmax = self._dist(a, rows, self.extreme).nan_to_num(nan=-math.inf).amax(1).double()
+        if want == "far":
+            dmax = torch.maximum(dmax, found.nan_to_num(nan=-math.inf).amax(1).double())
+        lo, hi = range_bounds(dmin, dmax, self.cfg.interval)
+        k = torch.full((len(rows),), self.cfg.k, device=self.device)
+        pos, dist, valid = self._pick(found, found_ids, lo, hi, k)
+        short = torch.nonzero((valid.sum(1) < self.cfg.k) & full)[:, 0]
+        done_at = {level: len(rows) - len(short)}
+        while len(short):
+            level += 1
+            depth, probe = self._depth(level)
+            step = max(1, int(self.cfg.max_block_mb * 2**20 // (depth * 32)))
+            still = []
+            for s in range(0, len(short), step):
+                sub = short[s:s + step]
+                f, fid, full = self._search(rows[sub.cpu().numpy()], want, depth, probe)
+                pos[sub], dist[sub], valid[sub] = self._pick(f, fid, lo[sub], hi[sub], k[sub])
+                still.append(sub[(valid[sub].sum(1) < self.cfg.k) & full])
+            short = torch.cat(still)
+            done_at[level] = len(rows) - len(short)
+        # start the next batch where at least half of this one was complete (speed only)
+        self.level = min(lv for lv, done in done_at.items() if 2 * done >= len(rows))
+        return pos, dist, valid, dmin, dmax
 
     def _pick(self, dist, ids, lo, hi, k):
         """The K nearest (similar) or farthest (dissimilar) of dist [B, L] inside [lo, hi]."""
@@ -207,22 +274,27 @@ class ApproximateBuilder:
         hi = ordered.gather(1, (s_valid - 1 - t).clamp_min(0)[:, None])[:, 0]
         return lo.double(), hi.double()
 
-    def _search(self, rows: np.ndarray):
-        """Nearest (similar) or farthest (dissimilar) neighbours -> distances [B, k_search] (NaN
-        for own video / missing) and row ids."""
+    def _search(self, rows: np.ndarray, which: str, k: int, n_probe: int):
+        """The k nearest ("near") or farthest ("far") neighbours, visiting n_probe lists ->
+        distances [B, k] (NaN for own video / missing), row ids, and whether a deeper search could
+        find more (k returned and fewer than all candidates asked for, or lists left unvisited)."""
         q = self.x[rows]
-        if self.cfg.variant == "similar":
-            score, ids = self.index.search(q, self.k_search())
+        index = self.indexes[which]
+        nlist = getattr(index, "nlist", 1)
+        params = self.faiss.SearchParametersIVF(nprobe=int(min(n_probe, nlist))) if nlist > 1 else None
+        if which == "near":
+            score, ids = index.search(q, k, params=params)
             d2 = score.astype(np.float64)
         else:
             qa = np.concatenate([-2.0 * q, np.full((len(q), 1), self.lam, np.float32)], axis=1)
-            score, ids = self.index.search(np.ascontiguousarray(qa, dtype=np.float32),
-                                           self.k_search())
+            score, ids = index.search(np.ascontiguousarray(qa, dtype=np.float32), k, params=params)
             d2 = score.astype(np.float64) + np.einsum("nd,nd->n", q, q, dtype=np.float64)[:, None]
         drop = (ids < 0) | (self.vid[np.maximum(ids, 0)] == self.vid[rows][:, None])
         dist = np.where(drop, np.nan, np.sqrt(np.maximum(d2, 0.0)))
+        more = ((ids[:, -1] >= 0) & (k < self.n)) | (n_probe < nlist)
         return (torch.from_numpy(dist).float().to(self.device),
-                torch.from_numpy(np.maximum(ids, 0)).to(self.device))
+                torch.from_numpy(np.maximum(ids, 0)).to(self.device),
+                torch.from_numpy(more).to(self.device))
 
     def _emit(self, parts, rows, pos, dist, valid, dmin, dmax) -> None:
         valid = valid.cpu().numpy()

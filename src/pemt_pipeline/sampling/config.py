@@ -14,7 +14,8 @@ VARIANTS = ("similar", "dissimilar", "random")
 TRIMS = ("quantile", "range")
 MODES = ("exact", "approximate")
 DEVICES = ("auto", "cpu", "cuda")
-INDEXES = ("ivf", "flat")
+INDEXES = ("auto", "ivf", "flat")
+FLAT_BELOW = 50_000  # index="auto": exhaustive (flat) search below this many clips
 SPACES = ("visual", "audio", "joint")
 
 
@@ -40,7 +41,9 @@ class NegativeConfig:
       device_cache_mb  exact mode on an accelerator: candidates are copied there once when they fit
                     in this many MB, else streamed per block.
     Approximate mode
-      index        ivf (faiss IndexIVFFlat) | flat (exhaustive faiss index; for tests/small N).
+      index        auto | ivf (faiss IndexIVFFlat) | flat (exhaustive faiss index). auto = flat below
+                   FLAT_BELOW (50k) clips, where it costs seconds and an IVF index on few points per
+                   class loses recall (0.61 at 10k in the benchmark), ivf above.
       nlist        inverted lists; 0 = about 4*sqrt(N).
       n_probe      lists visited per query (recall/speed knob).
       oversample   the index is asked for k*oversample + (largest video's clips) neighbours, so that
@@ -48,6 +51,9 @@ class NegativeConfig:
       sample_size  random candidates per query batch for the normalisation statistics (min, max),
                    the quantile estimates and the random variant.
       train_size   vectors used to train the index's coarse quantiser (k-means).
+      extreme_anchors, extreme_per_anchor  trim="range": d_max comes from the "extreme set", the
+                   extreme_per_anchor farthest candidates of extreme_anchors random anchors (found
+                   exactly by streamed products); see `approximate.py`.
     """
 
     variant: str = "similar"
@@ -61,12 +67,14 @@ class NegativeConfig:
     seed: int = 0
     pilot_size: int = 8192
     device_cache_mb: float = 2048.0
-    index: str = "ivf"
+    index: str = "auto"
     nlist: int = 0
     n_probe: int = 16
     oversample: int = 4
     sample_size: int = 2048
     train_size: int = 65536
+    extreme_anchors: int = 512
+    extreme_per_anchor: int = 16
 
     def __post_init__(self) -> None:
         _choice("variant", self.variant, VARIANTS)
@@ -74,7 +82,8 @@ class NegativeConfig:
         _choice("mode", self.mode, MODES)
         _choice("device", self.device, DEVICES)
         _choice("index", self.index, INDEXES)
-        for name in ("k", "pilot_size", "n_probe", "oversample", "sample_size", "train_size"):
+        for name in ("k", "pilot_size", "n_probe", "oversample", "sample_size", "train_size",
+                     "extreme_anchors", "extreme_per_anchor"):
             _positive_int(name, getattr(self, name))
         if not isinstance(self.nlist, int) or self.nlist < 0:
             raise ValueError(f"NegativeConfig.nlist must be an int >= 0 (0 = auto), got {self.nlist!r}")
