@@ -32,7 +32,6 @@ import multiprocessing
 import platform
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -44,41 +43,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from pemt_pipeline.profiling import PeakMemory
 from pemt_pipeline.sampling import NegativeConfig, reference_table
 from pemt_pipeline.sampling.approximate import ApproximateBuilder
 from pemt_pipeline.sampling.blockwise import CHUNK, ExactBuilder, make_plan
 
 D, CLIPS, CLASSES = 512, 10, 700
 PROBE_BLOCKS = 4
-
-
-def rss_anon_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class PeakMemory:
-    """Peak anonymous RSS (MB) above the value at entry, sampled by a thread."""
-
-    def __enter__(self):
-        self.base = self.peak = rss_anon_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, rss_anon_mb())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_anon_mb())
-        self.mb = self.peak - self.base
 
 
 def synthetic(n: int, folder: Path, seed: int = 0):

@@ -61,12 +61,14 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def run_kedro(project: Path, pipelines: list[str] | None = None, params: dict | None = None, env: str | None = None):
-    """Run pipelines through a KedroSession in a project copy (which must be the working directory)."""
+def run_kedro(project: Path, pipelines: list[str] | None = None, params: dict | None = None, env: str | None = None,
+              **run_args):
+    """Run pipelines through a KedroSession in a project copy (which must be the working directory);
+    `run_args` go to `session.run` (e.g. to_outputs=[...])."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
     assert Path.cwd().resolve() == project.resolve(), "run Kedro from the project folder"
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
-        return session.run(pipeline_names=pipelines)
+        return session.run(pipeline_names=pipelines, **run_args)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, shared_data
 
 
 def _project_files() -> list[str]:
@@ -29,19 +29,32 @@ def _run(cmd: list[str], cwd: Path) -> str:
 SMALL = {
     "parameters_demo_data.yml": {"demo_data": {"n_videos": 8, "min_duration_s": 3.0, "max_duration_s": 4.0}},
     "parameters_training.yml": {"training": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 2}},
+    "parameters_report.yml": {"report": {"steps": 2, "progress": False, "variants": {
+        "mid_lowrank": {"fusion": "mid", "share_layers": True, "share_transformers": "lowrank"},
+        "late_lowrank": {"fusion": "late", "share_layers": True, "share_transformers": "lowrank"}}}},
+    "parameters_pruning.yml": {"pruning": {"targets": [0.5], "batch_size": 4, "batches": 2,
+                                           "search": {"steps": 2}, "finetune": {"steps": 2}}},
 }
+STAGES = ("demo_data", "ingestion", "embedding", "negatives", "training", "evaluation", "audio_evaluation",
+          "pruning", "report")
 
 
 def _shrink(conf: Path) -> None:
     for name, override in SMALL.items():
         params = yaml.safe_load((conf / name).read_text())
         for section, values in override.items():
-            params[section].update(values)
+            for key, value in values.items():
+                if isinstance(value, dict) and key != "variants":
+                    params[section][key].update(value)
+                else:
+                    params[section][key] = value
         (conf / name).write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_dvc_repro_twice_and_push_pull(tmp_path):
+def test_dvc_repro_twice_exp_run_and_push_pull(tmp_path):
     clone = tmp_path / "clone"
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(shared_data("urbansound8k").parent)  # ../shared beside the clone
     for rel in _project_files():
         (clone / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT_ROOT / rel, clone / rel)
@@ -51,9 +64,11 @@ def test_dvc_repro_twice_and_push_pull(tmp_path):
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], clone)
 
     first = _run(["dvc", "repro"], clone)
-    for stage in ("demo_data", "ingestion", "embedding", "negatives", "training"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in first, stage
     assert (clone / "dvc.lock").is_file() and (clone / "data/06_models/pretrained_model.pt").is_file()
+    report = (clone / "data/08_reporting/report.html").read_text()
+    assert "mid_lowrank" in report and "Pruning" in report
 
     second = _run(["dvc", "repro"], clone)
     assert "Running stage" not in second and "up to date" in second
@@ -65,6 +80,18 @@ def test_dvc_repro_twice_and_push_pull(tmp_path):
     assert "Running stage 'negatives'" in third and "Running stage 'training'" in third
     for stage in ("demo_data", "ingestion", "embedding"):
         assert f"Running stage '{stage}'" not in third, stage
+
+    _run(["git", "add", "-A"], clone)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "k=24"], clone)
+    exp = _run(["dvc", "exp", "run", "-S", "conf/base/parameters_evaluation.yml:evaluation.probe.weight_decay=0.01"],
+               clone)
+    assert "Running stage 'evaluation'" in exp and "Running stage 'training'" not in exp
+    shown = _run(["dvc", "exp", "show", "--no-pager", "--csv"], clone)
+    header = shown.splitlines()[0]
+    for metric in ("probe_top1/pretrained/multimodal", "audio_probe_top1/pretrained/audio_cnn", "steps",
+                   "evaluation.probe.weight_decay"):
+        assert metric in header, metric
+    assert "0.01" in shown
 
     _run(["dvc", "push"], clone)
     assert any((clone / ".dvc_remote").rglob("*"))

@@ -1,4 +1,4 @@
-"""A trained `PEMTModel` as a Kedro dataset (a weights-only torch file)."""
+"""A trained `PEMTModel` (with its CPP head) as a Kedro dataset (a weights-only torch file)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from pemt_pipeline.features.embed import load_model
-from pemt_pipeline.models import ModelConfig, PEMTModel
-from pemt_pipeline.training.checkpoint import export_model
+from pemt_pipeline.pruning import PrunedModel, save_pruned
+from pemt_pipeline.training.checkpoint import TrainedModel, export_model, load_trained
 
 
-class PEMTModelDataset(AbstractDataset[PEMTModel, PEMTModel]):
-    """Saves {"model": state dict, "model_config": dict} atomically; loads it with
-    ``torch.load(weights_only=True)`` into a `PEMTModel` in eval mode.
+class PEMTModelDataset(AbstractDataset[TrainedModel, TrainedModel]):
+    """Saves {"model": state dict, "model_config": dict, "cpp_head": state dict} atomically (a pruned
+    model with `pemt_pipeline.pruning.save_pruned`, format pemt-pruned/1, its architecture too);
+    loads either with ``torch.load(weights_only=True)`` into a `TrainedModel` (model in eval mode).
 
     Args:
         filepath: the .pt file.
@@ -24,13 +24,16 @@ class PEMTModelDataset(AbstractDataset[PEMTModel, PEMTModel]):
         self._filepath = Path(filepath)
         self.metadata = metadata
 
-    def load(self) -> PEMTModel:
+    def load(self) -> TrainedModel:
         if not self._filepath.is_file():
             raise DatasetError(f"model file {str(self._filepath)!r} does not exist: run the training pipeline first")
-        return load_model(ModelConfig(), str(self._filepath))
+        return load_trained(self._filepath)
 
-    def save(self, data: PEMTModel) -> None:
-        export_model(data, self._filepath)
+    def save(self, data: TrainedModel) -> None:
+        if isinstance(data.model, PrunedModel):
+            save_pruned(data.model, self._filepath, data.cpp_head)
+        else:
+            export_model(data, self._filepath)
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

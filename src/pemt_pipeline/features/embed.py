@@ -57,8 +57,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model(model_cfg: ModelConfig, checkpoint: str | None = None, seed: int = 0) -> PEMTModel:
-    """The model in eval mode: from a checkpoint (its own model configuration wins if it holds one)
-    or randomly initialised from `seed`."""
+    """The model in eval mode: from a checkpoint (its own model configuration wins if it holds one;
+    a pruned model file gives its PrunedModel) or randomly initialised from `seed`."""
     if checkpoint is None:
         torch.manual_seed(seed)
         return PEMTModel(model_cfg).eval()
@@ -66,6 +66,10 @@ def load_model(model_cfg: ModelConfig, checkpoint: str | None = None, seed: int 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and state.get("format") == "pemt-pruned/1":
+        from pemt_pipeline.pruning import load_pruned
+
+        return load_pruned(path)
     if isinstance(state, dict) and "model" in state:
         if "model_config" in state:
             model_cfg = ModelConfig.from_dict(state["model_config"])

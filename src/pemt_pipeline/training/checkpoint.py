@@ -13,11 +13,15 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from pemt_pipeline.models import ModelConfig, PEMTModel
+from pemt_pipeline.training.losses import CPPHead
 
 LAST = "last.pt"
 STALE = "stale.pt"  # a checkpoint of a run with other parameters, set aside
@@ -85,9 +89,38 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
-def export_model(model, path: str | os.PathLike) -> Path:
-    """The trained model alone ({"model": state dict, "model_config": dict}), atomically."""
-    return save_checkpoint(path, {"model": model.state_dict(), "model_config": model.cfg.to_dict(), "step": -1})
+@dataclass
+class TrainedModel:
+    """A pretrained model and its Correct Pair Prediction head (the audio-visual matching score
+    that cross-modal retrieval ranks by; None when the file holds none)."""
+
+    model: PEMTModel
+    cpp_head: CPPHead | None = None
+
+
+def export_model(trained: TrainedModel, path: str | os.PathLike) -> Path:
+    """{"model": state dict, "model_config": dict, "cpp_head": state dict}, atomically."""
+    state = {"model": trained.model.state_dict(), "model_config": trained.model.cfg.to_dict(), "step": -1}
+    if trained.cpp_head is not None:
+        state["cpp_head"] = trained.cpp_head.state_dict()
+    return save_checkpoint(path, state)
+
+
+def load_trained(path: str | os.PathLike) -> TrainedModel:
+    """A model file or training checkpoint -> TrainedModel in eval mode (weights_only load)."""
+    from pemt_pipeline.features.embed import load_model
+
+    model = load_model(ModelConfig(), str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    head = state.get("cpp_head")
+    if head is None and "objective" in state:  # a training checkpoint
+        head = {k[len("cpp."):]: v for k, v in state["objective"].items() if k.startswith("cpp.")}
+    cpp = None
+    if head:
+        cpp = CPPHead(2 * model.cfg.transformer.hidden)
+        cpp.load_state_dict(head)
+        cpp.eval()
+    return TrainedModel(model, cpp)
 
 
 def remove_temporaries(folder: str | os.PathLike) -> None:

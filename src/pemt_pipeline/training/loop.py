@@ -357,6 +357,6 @@ def run_training(inputs: TrainInputs, ctx: _Context | None = None) -> dict[str, 
     wall = time.perf_counter() - start_time
     return {"steps": step, "resumed_from": resumed_from, "wall_seconds": round(wall, 2),
             "world_size": ctx.world_size, "device": str(device), "final": history[-1] if history else {},
-            "first": history[0] if history else {}, "checkpoint": str(last_path)}
+            "first": history[0] if history else {}, "history": history, "checkpoint": str(last_path)}
 
 

@@ -7,8 +7,7 @@ from typing import Any
 import pandas as pd
 
 from pemt_pipeline.features import ClipEmbeddings
-from pemt_pipeline.features.embed import load_model
-from pemt_pipeline.models import ModelConfig, PEMTModel
+from pemt_pipeline.training.checkpoint import TrainedModel, load_trained
 from pemt_pipeline.training.distributed import train
 from pemt_pipeline.training.loop import TrainInputs, prepare_inputs
 
@@ -21,10 +20,10 @@ def prepare_training(manifest: pd.DataFrame, clip_embeddings: ClipEmbeddings, ne
     return prepare_inputs(manifest, clip_embeddings.clips, negatives_table, model_params, loss, augment, params)
 
 
-def pretrain(inputs: TrainInputs) -> tuple[PEMTModel, dict[str, Any]]:
+def pretrain(inputs: TrainInputs) -> tuple[TrainedModel, dict[str, Any]]:
     """Train (in this process or as DDP workers), resuming from the last checkpoint; return the
-    final model and a summary."""
+    final model with its CPP head, and a summary."""
     summary = train(inputs)
-    model = load_model(ModelConfig.from_dict(inputs.model), summary["checkpoint"])
-    summary["parameters"] = model.parameter_counts()
-    return model, summary
+    trained = load_trained(summary["checkpoint"])
+    summary["parameters"] = trained.model.parameter_counts()
+    return trained, summary

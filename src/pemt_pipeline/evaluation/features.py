@@ -1,0 +1,96 @@
+"""Frozen features of a model over an ingestion manifest, per video (no Kedro).
+
+Every video's clips go through the model without augmentation (centre crop) and without MEP
+masking; each stream is pooled over the video's real clips:
+
+    visual_cnn, audio_cnn   mean of the clip CNN embeddings
+    visual, audio           mean of the unimodal Transformers' clip outputs (mid, late fusion)
+    multimodal              mean of the multimodal Transformer's visual and audio clip outputs
+                            (early, mid fusion)
+
+`pair_scores` rates every (video, audio track) pair of a set of videos with the model's Correct
+Pair Prediction head: the cross-modal retrieval score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pemt_pipeline.features.embed import resolve_device
+from pemt_pipeline.models import PEMTModel
+from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, collate
+from pemt_pipeline.training.losses import CPPHead, cpp_summary
+
+
+@dataclass
+class VideoFeatures:
+    """Pooled features per stream [n_videos, d] in manifest order, and the clip embeddings and
+    masks kept for pair scoring (visual [n, T, Dv], audio [n, T, Da], mask [n, T])."""
+
+    pooled: dict[str, np.ndarray]
+    visual: Tensor
+    audio: Tensor
+    mask: Tensor
+
+
+def _mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over real clips: x [B, T, D], mask [B, T] -> [B, D]."""
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp_min(1)
+
+
+@torch.inference_mode()
+def video_features(model: PEMTModel, manifest: pd.DataFrame, augment: AugmentConfig,
+                   batch_size: int = 8, device: str = "auto", progress: bool = True) -> VideoFeatures:
+    """Run `model` (eval mode) over every video of `manifest` -> VideoFeatures."""
+    if manifest.empty:
+        raise ValueError("the manifest lists no video: nothing to evaluate")
+    dev = resolve_device(device)
+    model = model.eval().to(dev)
+    loader = DataLoader(ShardClipDataset(manifest, augment, train=False), batch_size=batch_size,
+                        shuffle=False, collate_fn=collate)
+    pooled: dict[str, list[Tensor]] = {}
+    keep = {"visual": [], "audio": [], "mask": []}
+    for batch in tqdm(loader, desc="features", unit="batch", disable=not progress):
+        mask = batch["clip_mask"].to(dev)  # [B, T]
+        v, a = model.embed_clips(batch["video"].to(dev), batch["audio"].to(dev), mask)
+        streams = model.contextualize(v, a, mask, mask)
+        out = {"visual_cnn": _mean(v, mask), "audio_cnn": _mean(a, mask)}
+        for m in ("visual", "audio"):
+            if m in streams:
+                out[m] = _mean(streams[m].clips, mask)
+        if "multimodal_visual" in streams:
+            out["multimodal"] = 0.5 * (_mean(streams["multimodal_visual"].clips, mask)
+                                       + _mean(streams["multimodal_audio"].clips, mask))
+        for k, x in out.items():
+            pooled.setdefault(k, []).append(x.float().cpu())
+        for k, x in (("visual", v), ("audio", a), ("mask", mask)):
+            keep[k].append(x.cpu())
+    return VideoFeatures({k: torch.cat(x).numpy() for k, x in pooled.items()},
+                         torch.cat(keep["visual"]), torch.cat(keep["audio"]), torch.cat(keep["mask"]))
+
+
+@torch.inference_mode()
+def pair_scores(model: PEMTModel, cpp_head: CPPHead, features: VideoFeatures,
+                rows: np.ndarray | None = None, device: str = "auto") -> np.ndarray:
+    """CPP logits S [n, n] for the videos `rows` (default all): S[i, j] = score of video i's
+    frames with video j's audio. n Transformer passes of batch n (one per cyclic shift)."""
+    dev = resolve_device(device)
+    model, cpp_head = model.eval().to(dev), cpp_head.eval().to(dev)
+    idx = torch.arange(len(features.mask)) if rows is None else torch.as_tensor(rows)
+    v, a, mask = (x[idx].to(dev) for x in (features.visual, features.audio, features.mask))
+    n = len(idx)
+    scores = torch.empty(n, n)
+    ar = torch.arange(n)
+    for shift in range(n):
+        perm = (ar + shift) % n
+        streams = model.contextualize(v, a[perm.to(dev)], mask, mask[perm.to(dev)])
+        scores[ar, perm] = cpp_head(cpp_summary(streams)).float().cpu()
+    return scores.numpy()
