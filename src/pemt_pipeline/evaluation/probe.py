@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pemt_pipeline.configs import from_params
+
 
 @dataclass(frozen=True)
 class ProbeConfig:
@@ -22,6 +24,11 @@ class ProbeConfig:
     weight_decay: float = 1e-3
     max_iter: int = 200
     top_k: int = 5
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ProbeConfig:
+        """From the YAML `evaluation.probe:` block; unknown keys raise a ValueError naming them."""
+        return from_params(cls, d, "evaluation.probe")
 
     def __post_init__(self) -> None:
         if not self.weight_decay >= 0:

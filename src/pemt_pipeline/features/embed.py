@@ -65,11 +65,17 @@ def load_model(model_cfg: ModelConfig, checkpoint: str | None = None, seed: int 
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and state.get("format") == "pemt-pruned/1":
-        from pemt_pipeline.pruning import load_pruned
+    return model_from_state(torch.load(path, map_location="cpu", weights_only=True), model_cfg, str(path))
 
-        return load_pruned(path)
+
+def model_from_state(state: Any, model_cfg: ModelConfig, source: str) -> PEMTModel:
+    """The model (eval mode) of an already loaded checkpoint, model file or bare state dict (its own
+    model configuration wins over `model_cfg`; a pruned model file gives its PrunedModel); `source`
+    names it in errors."""
+    if isinstance(state, dict) and state.get("format") == "pemt-pruned/1":
+        from pemt_pipeline.pruning import pruned_from_state
+
+        return pruned_from_state(state, source)
     if isinstance(state, dict) and "model" in state:
         if "model_config" in state:
             model_cfg = ModelConfig.from_dict(state["model_config"])
@@ -78,7 +84,7 @@ def load_model(model_cfg: ModelConfig, checkpoint: str | None = None, seed: int 
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"checkpoint {str(path)!r} does not match the model configuration: {exc}") from None
+        raise ValueError(f"checkpoint {source!r} does not match the model configuration: {exc}") from None
     return model.eval()
 
 

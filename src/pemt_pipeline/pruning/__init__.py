@@ -6,7 +6,7 @@ export.export (plain PrunedModel) -> export.save_pruned / load_pruned.
 """
 
 from .architecture import OPS, full_architecture, stream_lengths, validate_architecture
-from .export import PrunedConfig, PrunedModel, export, load_pruned, save_pruned
+from .export import PrunedConfig, PrunedModel, export, load_pruned, pruned_from_state, save_pruned
 from .flops import expected_flops, layer_flops, ste_flops, transformer_flops
 from .gated import GatedModel, ste
 from .search import FinetuneConfig, SearchConfig, finetune, search
@@ -15,6 +15,6 @@ from .spconv import conv_kernel, head_weights
 __all__ = [
     "OPS", "FinetuneConfig", "GatedModel", "PrunedConfig", "PrunedModel", "SearchConfig",
     "conv_kernel", "expected_flops", "export", "finetune", "full_architecture", "head_weights",
-    "layer_flops", "load_pruned", "save_pruned", "search", "ste", "ste_flops", "stream_lengths",
+    "layer_flops", "load_pruned", "pruned_from_state", "save_pruned", "search", "ste", "ste_flops", "stream_lengths",
     "transformer_flops", "validate_architecture",
 ]

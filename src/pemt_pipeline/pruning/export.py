@@ -169,9 +169,14 @@ def save_pruned(model: PrunedModel, path: str | os.PathLike,
 def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PrunedModel:
     """A `save_pruned` file -> PrunedModel in eval mode (torch.load with weights_only=True)."""
     state = torch.load(path, map_location=map_location, weights_only=True)
+    return pruned_from_state(state, str(path)).to(map_location)
+
+
+def pruned_from_state(state: Any, source: str) -> PrunedModel:
+    """The PrunedModel (eval mode) of an already loaded `save_pruned` file; `source` names it in errors."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a pruned model file (format {FORMAT})")
+        raise ValueError(f"{source!r} is not a pruned model file (format {FORMAT})")
     model = PrunedModel(PrunedConfig.from_dict({"model": state["model_config"],
                                                 "architecture": state["architecture"]}))
     model.load_state_dict(state["model"])
-    return model.to(map_location).eval()
+    return model.eval()

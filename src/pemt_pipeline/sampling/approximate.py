@@ -124,6 +124,7 @@ class ApproximateBuilder:
         _, inv, counts = np.unique(vid, return_inverse=True, return_counts=True)
         self.max_own = int(counts.max())
         self.m = self.n - counts[inv]  # [N] candidates per clip
+        self.extreme = np.zeros(0, dtype=np.int64)  # row ids giving d_max (range trimming)
         self.indexes = self._indexes()
         self.level = 0  # where range searches start: the depth most anchors of the last batch needed
 
@@ -175,7 +176,7 @@ class ApproximateBuilder:
 
     def batch_size(self) -> int:
         s = min(self.n, self.cfg.sample_size)
-        per = (s + len(getattr(self, "extreme", ()))) * 16 + self._depth(self.level)[0] * 32 \
+        per = (s + len(self.extreme)) * 16 + self._depth(self.level)[0] * 32 \
             + self.cfg.k * self.d * 8 + 256
         return int(max(1, min(8192, self.cfg.max_block_mb * 2**20 // per)))
 

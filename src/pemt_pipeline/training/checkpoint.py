@@ -108,10 +108,18 @@ def export_model(trained: TrainedModel, path: str | os.PathLike) -> Path:
 
 def load_trained(path: str | os.PathLike) -> TrainedModel:
     """A model file or training checkpoint -> TrainedModel in eval mode (weights_only load)."""
-    from pemt_pipeline.features.embed import load_model
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    return trained_from_state(torch.load(path, map_location="cpu", weights_only=True), str(path))
 
-    model = load_model(ModelConfig(), str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+
+def trained_from_state(state: dict[str, Any], source: str) -> TrainedModel:
+    """The TrainedModel (eval mode) of an already loaded model file or training checkpoint: the
+    model, and the CPP head of the file ("cpp_head") or of the checkpoint's objective."""
+    from pemt_pipeline.features.embed import model_from_state
+
+    model = model_from_state(state, ModelConfig(), source)
     head = state.get("cpp_head")
     if head is None and "objective" in state:  # a training checkpoint
         head = {k[len("cpp."):]: v for k, v in state["objective"].items() if k.startswith("cpp.")}

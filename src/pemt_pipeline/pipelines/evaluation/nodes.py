@@ -28,7 +28,7 @@ def probe_videos(features: dict[str, VideoFeatures], manifest: pd.DataFrame,
                  params: dict[str, Any]) -> dict[str, Any]:
     """Linear probe per model and stream: top-1, top-5, per-class accuracy, confusion matrix."""
     return probe_report(features, manifest, VideoEvalConfig.from_dict(params),
-                        ProbeConfig(**params.get("probe", {})))
+                        ProbeConfig.from_dict(params.get("probe")))
 
 
 def retrieve(trained: TrainedModel, features: dict[str, VideoFeatures], manifest: pd.DataFrame,
@@ -72,7 +72,7 @@ def audio_downstream(trained: TrainedModel, params: dict[str, Any], ingestion: d
     labels_csv = labels_csv or str(Path(root) / "labels.csv")
     cfg = AudioFolderConfig.from_dict(audio)
     mel = IngestConfig.from_dict(ingestion).mel
-    probe = ProbeConfig(**params.get("probe", {}))
-    baseline = load_model(trained.model.cfg, None, params.get("baseline_seed", 0))
+    probe = ProbeConfig.from_dict(params.get("probe"))
+    baseline = load_model(trained.model.cfg, None, VideoEvalConfig.from_dict(params).baseline_seed)
     return {name: audio_probe(model, root, labels_csv, mel, cfg, probe)
             for name, model in (("pretrained", trained.model), ("random_init", baseline))}

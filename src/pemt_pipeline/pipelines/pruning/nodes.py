@@ -46,7 +46,7 @@ from pemt_pipeline.pruning import (
     transformer_flops,
 )
 from pemt_pipeline.pruning.base import plain_sigmas
-from pemt_pipeline.training.checkpoint import TrainedModel, load_checkpoint, load_trained
+from pemt_pipeline.training.checkpoint import TrainedModel, load_checkpoint, trained_from_state
 from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate
 from pemt_pipeline.training.losses import LossConfig, PretrainingObjective
 
@@ -138,7 +138,7 @@ def load_source(params: dict[str, Any]) -> tuple[TrainedModel, dict[str, Tensor]
         raise ValueError(f"{str(path)!r} holds no pretraining objective (MEP and CPP heads), which the search "
                          "trains with: point pruning.checkpoint at a training checkpoint (last.pt), not at an "
                          "exported model file")
-    return load_trained(path), state["objective"]
+    return trained_from_state(state, str(path)), state["objective"]
 
 
 def _clip_encoders_frozen(model: PEMTModel) -> None:
@@ -301,7 +301,7 @@ def measure(trained: TrainedModel, manifest: pd.DataFrame, evaluation: dict[str,
     eval_cfg = VideoEvalConfig.from_dict(evaluation)
     features = video_features(model, manifest, AugmentConfig.from_dict(augment), eval_cfg.batch_size,
                               eval_cfg.device, eval_cfg.progress)
-    probe = probe_report({"model": features}, manifest, eval_cfg, ProbeConfig(**evaluation.get("probe", {})))
+    probe = probe_report({"model": features}, manifest, eval_cfg, ProbeConfig.from_dict(evaluation.get("probe")))
     retrieval = retrieval_report(trained, features, manifest, eval_cfg)
     pruned = isinstance(model, PrunedModel)
     arch = model.architecture() if pruned else full_architecture(model.cfg)

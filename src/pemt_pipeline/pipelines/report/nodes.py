@@ -59,7 +59,7 @@ def evaluate_variant(runs: list[dict[str, Any]], manifest: pd.DataFrame, setting
                      evaluation: dict[str, Any], augment: dict[str, Any]) -> dict[str, Any]:
     """Probe and retrieval per seed, with parameter counts, curves and costs (schema: the
     `pemt_pipeline.reporting` docstring)."""
-    cfg, probe = VideoEvalConfig.from_dict(evaluation), ProbeConfig(**evaluation.get("probe", {}))
+    cfg, probe = VideoEvalConfig.from_dict(evaluation), ProbeConfig.from_dict(evaluation.get("probe"))
     aug = AugmentConfig.from_dict(augment)
     out = {"model": {k: settings["model"][k] for k in MODEL_KEYS},
            "parameters": runs[0]["trained"].model.parameter_counts(), "runs": []}
