@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pemt_pipeline.evaluation import ProbeConfig, classification_metrics, linear_probe, ranks, retrieval_metrics
+from pemt_pipeline.evaluation.video import pair_auc
 
 
 def test_perfect_retrieval_has_recall_one_and_rank_one():
@@ -63,3 +64,10 @@ def test_probe_errors_name_the_problem():
         linear_probe(np.zeros((4, 2)), [0, 0, 0, 0], np.zeros((2, 2)), [0, 0])
     with pytest.raises(ValueError, match="NaN"):
         linear_probe(np.full((4, 2), np.nan), [0, 1, 0, 1], np.zeros((2, 2)), [0, 1])
+
+
+def test_pair_auc_by_hand():
+    # 2 matched x 3 mismatched = 6 comparisons: 4 wins, 1 tie (half), 1 loss -> 4.5 / 6
+    assert pair_auc(np.array([2.0, 0.5]), np.array([1.0, 0.5, 0.0])) == 4.5 / 6
+    assert pair_auc(np.array([3.0]), np.array([1.0, 2.0])) == 1.0
+    assert pair_auc(np.array([0.0]), np.array([1.0, 2.0])) == 0.0

@@ -120,14 +120,21 @@ def test_mask_positions_reproducible_from_the_generator():
 @pytest.mark.parametrize("batch_size", [2, 3, 4, 7, 8])
 def test_cpp_pairs_are_balanced_and_never_match_the_same_video(batch_size):
     g = torch.Generator().manual_seed(batch_size)
+    rows = list(range(batch_size))
     for _ in range(50):
-        perm, label = cpp_pairs(batch_size, g)
-        mismatched = label == 0
-        assert mismatched.sum().item() == batch_size // 2
-        assert torch.equal(perm[~mismatched], torch.arange(batch_size)[~mismatched])
-        assert (perm[mismatched] != torch.arange(batch_size)[mismatched]).all()
-        if batch_size >= 4:  # a derangement among the mismatched: every audio used once
-            assert sorted(perm.tolist()) == list(range(batch_size))
+        video, audio, label = cpp_pairs(batch_size, g)
+        assert len(label) == 2 * batch_size and label.sum().item() == batch_size
+        matched = label == 1
+        assert torch.equal(video[matched], audio[matched])
+        assert (video[~matched] != audio[~matched]).all()
+        # every video and every audio track appears once matched and once mismatched
+        assert sorted(video[~matched].tolist()) == rows and sorted(audio[~matched].tolist()) == rows
+        assert sorted(video[matched].tolist()) == rows
+
+
+def test_cpp_pairs_of_one_video_is_the_matched_pair():
+    video, audio, label = cpp_pairs(1)
+    assert video.tolist() == audio.tolist() == [0] and label.tolist() == [1.0]
 
 
 def test_cpp_head_learns_separable_summaries():

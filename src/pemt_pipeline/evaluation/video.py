@@ -86,4 +86,13 @@ def retrieval_report(trained: TrainedModel, features: VideoFeatures, manifest: p
     return {"video_to_audio": retrieval_metrics(scores, cfg.retrieval_ks),
             "audio_to_video": retrieval_metrics(scores.T, cfg.retrieval_ks),
             "cpp_balanced_accuracy": float(0.5 * ((matched > 0).mean() + (mismatched <= 0).mean())),
+            "cpp_auc": pair_auc(matched, mismatched),
             "n_videos": n}
+
+
+def pair_auc(matched: np.ndarray, mismatched: np.ndarray) -> float:
+    """ROC AUC of the CPP scores: the chance that a matched pair outscores a mismatched one (ties
+    count half); 0.5 = chance. Unlike balanced accuracy it does not depend on where the head puts
+    its decision threshold."""
+    m, x = np.asarray(matched, float)[:, None], np.asarray(mismatched, float)[None, :]
+    return float(((m > x).sum() + 0.5 * (m == x).sum()) / (m.size * x.size))

@@ -20,7 +20,11 @@ Design
   onset sound and only then starts moving.
 * **Distractors.** ``distractors`` grey objects of random shape move and bounce silently;
   the soundtrack has background noise and random clicks tied to no visual event; the
-  background is a smooth per-video colour gradient with a mild static texture.
+  background is a smooth colour gradient with a mild static texture, redrawn at a scene cut
+  every ``background_cut_s`` seconds (as shots change in real videos). Without cuts the
+  background alone tells videos apart, and masked-embedding prediction (whose negatives are
+  other videos' clips) learns that instead of the class: with cuts, what persists through a
+  video, and so what the context predicts, is the class object and its sound.
 * **Learnable.** Audio-visual correspondence (burst onsets align with flashes and wall
   contacts, the pan with the object's side, timbre with shape and colour), temporal
   context (motion is smooth and predictable between bounces, rhythm repeats), and the
@@ -147,6 +151,7 @@ class DemoConfig:
     noise_level: float = 0.02  # std of the stereo background noise (full scale = 1)
     click_rate: float = 0.5  # random audio clicks per second, tied to no visual event
     appear_event: bool = True  # the object fades in with an onset sound in the first second
+    background_cut_s: float = 1.0  # a new background every this many seconds; 0 = one per video
     object_size: float = 0.11  # object radius as a fraction of the frame height
     seed: int = 0
     crf: int = 23  # x264 constant rate factor (0-51)
@@ -169,6 +174,8 @@ class DemoConfig:
             ("noise_level", float, lambda v: v >= 0.0, ">= 0"),
             ("click_rate", float, lambda v: v >= 0.0, ">= 0"),
             ("appear_event", bool, lambda v: True, "True or False"),
+            ("background_cut_s", float, lambda v: v == 0.0 or v >= 1.0 / self.fps,
+             "0 (no cut) or at least one frame"),
             ("object_size", float, lambda v: 0.02 <= v <= 0.25, "in [0.02, 0.25]"),
             ("seed", int, lambda v: v >= 0, ">= 0"),
             ("crf", int, lambda v: 0 <= v <= 51, "in [0, 51]"),
@@ -294,7 +301,8 @@ class _Scene:
     target: _Mover
     distractors: tuple[_Mover, ...]
     appear_time: float | None
-    background: np.ndarray  # (H, W, 3) float32
+    backgrounds: np.ndarray  # (n_cuts + 1, H, W, 3) float32, one per scene
+    scene_frames: int  # frames per scene (the last one may be shorter)
     click_times: np.ndarray
     rng_audio: np.random.Generator
     duration: float
@@ -317,6 +325,8 @@ def _sample_scene(cfg: DemoConfig, index: int) -> _Scene:
         for _ in range(cfg.distractors)
     )
     n_clicks = rng.poisson(cfg.click_rate * duration)
+    scene_frames = max(1, round(cfg.background_cut_s * cfg.fps)) if cfg.background_cut_s else n_frames
+    n_scenes = math.ceil(n_frames / scene_frames)
     return _Scene(
         template=template,
         n_frames=n_frames,
@@ -324,7 +334,8 @@ def _sample_scene(cfg: DemoConfig, index: int) -> _Scene:
         target=target,
         distractors=distractors,
         appear_time=appear,
-        background=_background(rng, cfg.height, cfg.width),
+        backgrounds=np.stack([_background(rng, cfg.height, cfg.width) for _ in range(n_scenes)]),
+        scene_frames=scene_frames,
         click_times=np.sort(rng.uniform(0.0, duration, n_clicks)),
         rng_audio=np.random.default_rng(rng.integers(2**63)),
         duration=duration,
@@ -353,10 +364,10 @@ def _render_frames(
     """Yield uint8 RGB frame batches (n, H, W, 3), objects composited onto the background."""
     movers = [*scene.distractors, scene.target]
     pad = int(math.ceil(2.4 * max(m.radius for m in movers))) + 4  # patches never wrap
-    padded = np.pad(scene.background, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    padded = np.pad(scene.backgrounds, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
     for start in range(0, scene.n_frames, _CHUNK_FRAMES):
         idx = np.arange(start, min(start + _CHUNK_FRAMES, scene.n_frames))
-        canvas = np.repeat(padded[None], len(idx), axis=0)
+        canvas = padded[idx // scene.scene_frames]  # (n, H + 2 pad, W + 2 pad, 3), a copy
         for m in movers:
             is_target = m is scene.target
             colour = np.broadcast_to(m.colour, (len(idx), 3))

@@ -33,7 +33,16 @@ BlockFactory = Callable[[int, int, int, int, int], Bottleneck]
 
 
 class ResNet(nn.Module):
-    """stem -> stages of bottlenecks (stage i: width * 2**i inner, 4x that out) -> global mean."""
+    """stem -> stages of bottlenecks (stage i: width * 2**i inner, 4x that out) -> global mean
+    -> BatchNorm1d.
+
+    The closing BatchNorm standardises each channel of the clip embedding across clips. Pooled
+    post-ReLU features are a large positive common part plus a per-clip variation of about 1% of
+    it; the projection's LayerNorm (per token, across channels) cannot remove a common part, so
+    without this the clip tokens, and everything the Transformers and the CPP head read from them,
+    were nearly the same for every video. With fresh running statistics (mean 0, variance 1) it is
+    the identity in eval mode, so an untrained CNN's embeddings are the raw pooled features.
+    """
 
     def __init__(self, stem: nn.Module, make_block: BlockFactory, width: int,
                  depths: tuple[int, ...], strides: tuple[int, ...]):
@@ -48,13 +57,14 @@ class ResNet(nn.Module):
             c_in = 4 * inner
         self.stages = nn.Sequential(*stages)
         self.out_dim = c_in
+        self.out_norm = nn.BatchNorm1d(c_in)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
         # x [N, C, (F,) H, W] -> [N, out_dim]
-        return self.stages(self.stem(x)).flatten(2).mean(-1)
+        return self.out_norm(self.stages(self.stem(x)).flatten(2).mean(-1))
 
 
 def _shortcut(conv: Callable[..., nn.Module], c_in: int, c_out: int, stride) -> nn.Module:

@@ -42,6 +42,13 @@ class FactorizedLinear(nn.Module):
 
 def factorized_group(in_features: int, out_features: int, rank: int, n_groups: int,
                      orthogonal_map: str, init_std: float = 0.02) -> list[FactorizedLinear]:
-    """One factorised linear per group, all sharing one U (with bias)."""
-    u = linear(rank, out_features, init_std)
+    """One factorised linear per group, all sharing one U (with bias).
+
+    U is drawn with std init_std * sqrt(in_features), not init_std: normalize() gives U a unit
+    vector, discarding the input's scale (||x|| ~ sqrt(in_features) after LayerNorm), so this
+    gives the factorised layer the output scale of a dense layer initialised with init_std. With
+    plain init_std its outputs start ~sqrt(in_features) times smaller and, in a post-LN layer,
+    the attention and FFN branches barely move the residual stream: the summary (BOS) outputs
+    were input-independent (std across videos 1e-3 of their norm) and CPP stayed at chance."""
+    u = linear(rank, out_features, init_std * in_features ** 0.5)
     return [FactorizedLinear(u, in_features, orthogonal_map, init_std) for _ in range(n_groups)]

@@ -13,8 +13,9 @@ K after it, the extremes), never all M values at once:
 2. One pass. Candidate chunks [C, d] are streamed (views of a memmap, no copy when sorted);
    per chunk s = ||c||^2 - 2 a.c ([B, C], one addmm; ||a||^2 is constant per anchor, so ranks and
    thresholds are taken on s and ||a||^2 added back only to the few values reported). Own-video
-   entries are masked, running minima/maxima kept, and the entries beyond the pilot threshold
-   compacted into a per-anchor buffer [B, cap]. Nothing of size [B, N] ever exists.
+   entries are masked and the entries beyond the pilot threshold compacted into a per-anchor
+   buffer [B, cap]; the extreme at a buffered end is the buffer's, only an end without a buffer
+   keeps a running minimum or maximum. Nothing of size [B, N] ever exists.
 3. Exact selection. The buffer holds every candidate below b, hence the exact order statistics up
    to rank count(d <= b): it is verified (count >= R, no overflow, enough kept for `range`) and the
    rules applied with kthvalue/topk. An anchor that fails verification (~2e-4 of them; also
@@ -220,6 +221,7 @@ class Side:
         self.v = torch.full((n, width), self.pad, device=b.device)  # [B, width] values
         self.i = torch.full((n, width), -1, dtype=torch.long, device=b.device)  # positions
         self.fill = torch.zeros(n, dtype=torch.long, device=b.device)  # true count
+        self._mask: np.ndarray | None = None  # CPU compare buffer, reused across chunks
 
     def _grow(self, need: int) -> None:
         width = min(self.cap, max(need, int(self.v.shape[1] * 1.5)))
@@ -231,25 +233,59 @@ class Side:
 
     def add(self, D: torch.Tensor, c0: int) -> None:
         """Compact the entries of chunk D [B, C] (candidates c0...) beyond the threshold."""
+        if D.device.type == "cpu":
+            return self._add_numpy(D, c0)
         mask = D >= self.b[:, None] if self.top else D <= self.b[:, None]
         li = mask.view(-1).nonzero().squeeze(1)  # flat, row-major: grouped by anchor
         rr = li // D.shape[1]
         cnt = torch.bincount(rr, minlength=len(self.b))
-        new_fill = self.fill + cnt
-        need = int(new_fill.max())
-        if need > self.v.shape[1]:
-            self._grow(need)
-        width = self.v.shape[1]
+        width = self._reserve(self.fill + cnt)
         # slot of entry j of row r: fill[r] + (j - first entry of r); flat = r * width + slot
         flat = torch.arange(len(li), device=D.device) + (self.fill - cnt.cumsum(0) + cnt)[rr]
-        flat += rr * width
-        vals, cols = D.view(-1)[li], li - rr * D.shape[1] + c0
-        if need > width:  # overflow: keep what fits, fill records the truth
-            keep = flat < (rr + 1) * width
+        self._store(self.v.view(-1), self.i.view(-1), flat + rr * width, rr, width,
+                    D.view(-1)[li], li - rr * D.shape[1] + c0)
+        self.fill += cnt
+
+    def _add_numpy(self, D: torch.Tensor, c0: int) -> None:
+        """`add` on CPU in numpy, whose compare, nonzero and index arithmetic take 3.4 ms for a
+        512 x 2048 chunk against torch's 5 ms: about a tenth of the chunk's product saved."""
+        B, C = D.shape
+        if self._mask is None or self._mask.size < D.numel():
+            self._mask = np.empty(D.numel(), dtype=bool)
+        mask = self._mask[:D.numel()].reshape(B, C)
+        (np.greater_equal if self.top else np.less_equal)(D.numpy(), self.b.numpy()[:, None],
+                                                          out=mask)
+        cnt = np.count_nonzero(mask, axis=1)
+        li = np.flatnonzero(mask)  # row-major: grouped by anchor
+        rr = np.repeat(np.arange(B), cnt)
+        fill = self.fill.numpy()
+        width = self._reserve(self.fill + torch.from_numpy(cnt))
+        slot = np.arange(len(li)) - np.repeat(np.cumsum(cnt) - cnt - fill, cnt)
+        self._store(self.v.numpy().reshape(-1), self.i.numpy().reshape(-1), rr * width + slot, rr,
+                    width, D.numpy().reshape(-1)[li], li - rr * C + c0)
+        fill += cnt
+
+    def _reserve(self, new_fill: torch.Tensor) -> int:
+        """Widen the buffers (up to cap) for the new fill counts -> the width."""
+        if int(new_fill.max()) > self.v.shape[1]:
+            self._grow(int(new_fill.max()))
+        return self.v.shape[1]
+
+    @staticmethod
+    def _store(v_flat, i_flat, flat, rr, width: int, vals, cols) -> None:
+        """Write values and positions at flat slots; beyond a full row (overflow) nothing is
+        written, while fill still records the true count (the anchor is redone)."""
+        keep = flat < (rr + 1) * width
+        if not bool(keep.all()):
             flat, vals, cols = flat[keep], vals[keep], cols[keep]
-        self.v.view(-1)[flat] = vals
-        self.i.view(-1)[flat] = cols
-        self.fill.copy_(new_fill)
+        v_flat[flat] = vals
+        i_flat[flat] = cols
+
+    def trim(self) -> None:
+        """Drop the columns no row filled (the buffers grow by 1.5x steps), so that selection
+        scans only the filled width."""
+        width = max(1, min(self.v.shape[1], int(self.fill.max())))
+        self.v, self.i = self.v[:, :width], self.i[:, :width]
 
     def bottom_view(self) -> torch.Tensor:
         """Values oriented so that the wanted end is the smallest (padding +inf)."""
@@ -257,21 +293,41 @@ class Side:
 
 
 def kth_smallest(v: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """[B, L], [B] 1-based ranks -> [B] the rank-th smallest of each row (ranks clamped to L)."""
+    """[B, L], [B] 1-based ranks -> [B] the rank-th smallest of each row (ranks clamped to L).
+    On CPU numpy's introselect (np.partition) is about 8x faster than torch.kthvalue."""
     ranks = ranks.clamp(1, v.shape[1])
     out = torch.empty(len(v), device=v.device)
     for r in torch.unique(ranks).tolist():
         rows = (ranks == r).nonzero(as_tuple=True)[0]
-        out[rows] = v[rows].kthvalue(int(r), dim=1).values
+        part = v if len(rows) == len(v) else v[rows]
+        if v.device.type == "cpu":
+            out[rows] = torch.from_numpy(np.partition(part.numpy(), int(r) - 1, axis=1)[:, int(r) - 1])
+        else:
+            out[rows] = part.kthvalue(int(r), dim=1).values
     return out
+
+
+def smallest(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest of each row of x [B, L], ascending -> values, column indices [B, k].
+    On CPU, numpy's argpartition and a sort of the k take about half of torch.topk's time for
+    k << L (equal by L ~ 5000); elsewhere torch.topk."""
+    if x.device.type != "cpu" or k >= x.shape[1]:
+        return x.topk(k, dim=1, largest=False, sorted=True)
+    xn = x.numpy()
+    idx = np.argpartition(xn, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(xn, idx, 1)
+    order = np.argsort(vals, axis=1, kind="stable")
+    return (torch.from_numpy(np.take_along_axis(vals, order, 1)),
+            torch.from_numpy(np.take_along_axis(idx, order, 1)))
 
 
 def sample_order_stat(pilot: torch.Tensor, ranks: np.ndarray, top: bool) -> torch.Tensor:
     """[B, S] pilot (NaN = excluded), [B] 1-based ranks from the bottom (top) -> [B] values."""
-    view = pilot.nan_to_num(nan=-math.inf if top else math.inf)
+    view = (-pilot if top else pilot).nan_to_num(nan=math.inf)
     ranks = np.maximum(ranks, 1)
-    vals = view.topk(int(ranks.max()), dim=1, largest=top, sorted=True).values
-    return vals.gather(1, torch.from_numpy(ranks - 1).to(vals.device)[:, None])[:, 0]
+    vals = smallest(view, int(ranks.max()))[0]
+    vals = vals.gather(1, torch.from_numpy(ranks - 1).to(vals.device)[:, None])[:, 0]
+    return -vals if top else vals
 
 
 def pick_smallest(v, idx, lo, hi, k, k_max: int):
@@ -279,7 +335,7 @@ def pick_smallest(v, idx, lo, hi, k, k_max: int):
     inside = (v >= lo[:, None]) & (v <= hi[:, None])
     w = torch.where(inside, v, torch.full_like(v, math.inf))
     kk = min(k_max, w.shape[1])
-    vals, j = w.topk(kk, dim=1, largest=False, sorted=True)
+    vals, j = smallest(w, kk)
     valid = torch.isfinite(vals) & (torch.arange(kk, device=v.device)[None] < k[:, None])
     return idx.gather(1, j), vals, valid
 
@@ -316,7 +372,7 @@ class BlockState:
 def _side_ok(side: Side | None, need) -> torch.Tensor | bool:
     if side is None:
         return True
-    return (side.fill >= need) & (side.fill <= side.cap)
+    return (side.fill >= need) & (side.fill >= 1) & (side.fill <= side.cap)
 
 
 def select(st: BlockState, cfg: NegativeConfig, gen: torch.Generator):
@@ -350,7 +406,7 @@ def select(st: BlockState, cfg: NegativeConfig, gen: torch.Generator):
 
 
 def _range_ok(side: Side, valid, kk, covered) -> torch.Tensor:
-    return (side.fill <= side.cap) & ((valid.sum(1) >= kk) | covered)
+    return (side.fill >= 1) & (side.fill <= side.cap) & ((valid.sum(1) >= kk) | covered)
 
 
 def _range_s(st: BlockState, interval: float):
@@ -467,17 +523,27 @@ class ExactBuilder:
         need_b, need_t = requirements(cfg, m, t, kk)
         pilot, P, exhaustive = self._pilot(A, pos, plan, gen)
         bottom, top = self._sides(pilot, m, need_b, need_t)
+        # An end with a buffer gets its extreme from the buffer (it holds every value beyond the
+        # threshold, so the extreme whenever fill >= 1; fill = 0 or overflow fails verification
+        # and the anchor is redone): only an end without one costs a reduction pass per chunk.
         smin = torch.full((len(pos),), math.inf, device=self.device)
         smax = torch.full((len(pos),), -math.inf, device=self.device)
         for c0, D, r, c in self._chunks(A, pos, plan.chunk):
-            D[r, c] = -math.inf
-            torch.maximum(smax, D.amax(1), out=smax)
-            if top is not None:
-                top.add(D, c0)
-            D[r, c] = math.inf
-            torch.minimum(smin, D.amin(1), out=smin)
-            if bottom is not None:
-                bottom.add(D, c0)
+            for side, high in ((top, True), (bottom, False)):
+                D[r, c] = -math.inf if high else math.inf  # own video: no extreme, not buffered
+                if side is not None:
+                    side.add(D, c0)
+                elif high:
+                    torch.maximum(smax, D.amax(1), out=smax)
+                else:
+                    torch.minimum(smin, D.amin(1), out=smin)
+        for side in (top, bottom):
+            if side is not None:
+                side.trim()
+        if top is not None:
+            smax = top.v.amax(1)
+        if bottom is not None:
+            smin = bottom.v.amin(1)
         tt = self._long
         return BlockState(tt(m), tt(t), tt(kk), self.cn2[tt(pos)], smin, smax, bottom, top,
                           pilot, P, exhaustive)

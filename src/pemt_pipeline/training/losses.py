@@ -146,22 +146,22 @@ def mep_loss(head: MEPHead, outputs: Tensor, targets: Tensor, mep_mask: Tensor, 
     return loss, top1.detach()
 
 
-def cpp_pairs(batch_size: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Balanced CPP pairs -> (perm [B] int64, label [B] float32, 1 = matched).
-
-    Video i gets the audio of video perm[i]. B // 2 randomly chosen videos are mismatched: their
-    audio is shuffled among them by a random cycle (a derangement); the others keep their own.
-    With B // 2 == 1 (B = 2 or 3) the lone mismatched video takes a random other video's audio.
-    """
+def cpp_pairs(batch_size: int, generator: torch.Generator | None = None
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """Balanced CPP pairs: every video of the batch once with its own audio and (B >= 2) once with
+    another member's -> (video_rows [P], audio_rows [P] int64, label [P] float32, 1 = matched),
+    P = 2B (B for B = 1). The mismatched audio follows one random cycle through the batch (a
+    derangement: every audio track is used once matched and once mismatched). Pairing every
+    video both ways doubles CPP's examples per step for the price of one more pass of the
+    Transformers (the CNN embeddings are shared)."""
+    rows = torch.arange(batch_size)
+    if batch_size < 2:
+        return rows, rows.clone(), torch.ones(batch_size)
     order = torch.randperm(batch_size, generator=generator)
-    mismatched = order[: batch_size // 2]
-    perm = torch.arange(batch_size)
-    if len(mismatched) >= 2:
-        perm[mismatched] = mismatched.roll(1)
-    elif len(mismatched) == 1:
-        perm[mismatched] = order[1]
-    label = (perm == torch.arange(batch_size)).float()
-    return perm, label
+    other = torch.empty_like(rows)
+    other[order] = order.roll(-1)  # video order[i] hears order[i + 1]
+    label = torch.cat([torch.ones(batch_size), torch.zeros(batch_size)])
+    return torch.cat([rows, rows]), torch.cat([rows, other]), label
 
 
 class CPPHead(nn.Module):
@@ -242,9 +242,9 @@ class PretrainingObjective(nn.Module):
         if "multimodal_visual" in per_stream:
             both = [per_stream["multimodal_visual"], per_stream["multimodal_audio"]]
             terms["mep_multimodal"] = tuple(torch.stack(x).mean() for x in zip(*both))  # loss, top1
-        perm, labels = cpp_pairs(clip_mask.shape[0], generator)
-        perm, labels = perm.to(clip_mask.device), labels.to(clip_mask.device, a.dtype)
-        pairs = model.contextualize(v, a[perm], clip_mask, clip_mask[perm])  # no MEP masking
+        vi, ai, labels = (x.to(clip_mask.device) for x in cpp_pairs(clip_mask.shape[0], generator))
+        pairs = model.contextualize(v[vi], a[ai], clip_mask[vi], clip_mask[ai])  # no MEP masking
+        labels = labels.to(a.dtype)
         terms["cpp"] = cpp_loss(self.cpp, cpp_summary(pairs), labels)
         total = sum(getattr(self.cfg, name) * loss for name, (loss, _) in terms.items())
         logs = {}

@@ -58,6 +58,7 @@ def summarise(probe: dict[str, Any], retrieval: dict[str, Any]) -> dict[str, Any
             if key != "n":
                 out[f"retrieval/{direction}/{key}"] = value
     out["retrieval/cpp_balanced_accuracy"] = retrieval["cpp_balanced_accuracy"]
+    out["retrieval/cpp_auc"] = retrieval["cpp_auc"]
     return out
 
 
