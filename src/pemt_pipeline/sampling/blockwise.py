@@ -18,7 +18,8 @@ K after it, the extremes), never all M values at once:
    keeps a running minimum or maximum. Nothing of size [B, N] ever exists.
 3. Exact selection. The buffer holds every candidate below b, hence the exact order statistics up
    to rank count(d <= b): it is verified (count >= R, no overflow, enough kept for `range`) and the
-   rules applied with kthvalue/topk. An anchor that fails verification (~2e-4 of them; also
+   rules applied by selection (kth_smallest/smallest: numpy's partition on CPU, torch's
+   kthvalue/topk elsewhere). An anchor that fails verification (~2e-4 of them; also
    massive ties) is redone from its full row of N distances; its results are exact either way.
 
 Reported distances are sqrt(s + ||a||^2) from the same float32 products (absolute error about
