@@ -1,25 +1,67 @@
-"""Quality check of the default pretraining: after the default `kedro run` on the demo data, the
-Correct Pair Prediction head scores matched held-out (video, audio) pairs above mismatched ones,
-and ranks a held-out video's own audio track (and a track's own video) well ahead of chance.
+"""Quality check of the default pretraining, on the demo data's 40 held-out videos.
 
-Measured (README, "Does pretraining help?") over five trainings with the default parameters
-(seeds 0-2 on one torch thread, seed 0 on two, and this test's own run): CPP AUC 0.69-0.76 and
-median rank 2-3 both ways, against a chance of 0.5 and 4.5 with 8 held-out videos. Before the
-summary path was fixed (CNN output BatchNorm, factorised-layer init) every pair got the same score:
-AUC 0.5 and recall@1 exactly at chance, so this test fails on that model.
-The linear-probe comparison with a randomly initialised model is reported, not asserted: with 8
-held-out videos its top-1 moves in steps of 0.125 and the random model's own score moves by up to
-0.5 with its init seed.
+After the default `kedro run`:
+- the Correct Pair Prediction head scores matched (video, audio) pairs above mismatched ones and
+  ranks a video's own audio track (and a track's own video) well ahead of chance;
+- the linear probe on the frozen audio CNN (the paper's linear-evaluation protocol, ESC-50) is
+  clearly better on the pretrained model than on randomly initialised ones.
+
+Measured (README, "Does pretraining help?") with the default parameters, training seeds 0-2:
+CPP AUC 0.755-0.78, median rank 7.5-10.5 both ways against a chance of 0.5 and 20.5; audio-CNN
+probe top-1 0.775-0.925 pretrained against 0.60-0.675 for random inits with seeds 0-3 (mean of
+seeds 0-2: 0.633), so the margin asserted below (0.1, four videos) held for every seed with at
+least 0.04 to spare. Before the summary path was fixed (CNN output BatchNorm, factorised-layer
+init) every pair got the same score (AUC 0.5), and before the demo's shots restarted the motion
+the audio CNN's probe did not beat random inits (0.575-0.775 against 0.70-0.775, old demo).
+The visual streams are not compared: a random CNN already reads the class from the object's
+colour (top-1 1.0 for both models).
 """
 
 import json
 
+import numpy as np
+import pandas as pd
+import yaml
+
+from pemt_pipeline.evaluation.features import video_features
+from pemt_pipeline.evaluation.probe import ProbeConfig, linear_probe
+from pemt_pipeline.features.embed import load_model
+from pemt_pipeline.training.checkpoint import load_trained
+from pemt_pipeline.training.data import AugmentConfig
 from tests.conftest import run_kedro
 
+BASELINE_SEEDS = (0, 1, 2)
+PROBE_MARGIN = 0.1
 
-def test_default_pretraining_learns_audio_visual_correspondence(project):
+
+def random_init_audio_probe(project, trained) -> list[float]:
+    """Audio-CNN probe top-1 of randomly initialised models (BASELINE_SEEDS), scored as the
+    evaluation pipeline scores the pretrained one."""
+    conf = project / "conf/base"
+    evaluation = yaml.safe_load((conf / "parameters_evaluation.yml").read_text())["evaluation"]
+    augment = yaml.safe_load((conf / "parameters_training.yml").read_text())["training"]["augment"]
+    manifest = pd.read_parquet(project / "data/03_primary/manifest.parquet")
+    train = manifest["split"].isin(evaluation["train_splits"]).to_numpy()
+    test = manifest["split"].isin(evaluation["test_splits"]).to_numpy()
+    y = manifest["label"].astype(str).to_numpy()
+    scores = []
+    for seed in BASELINE_SEEDS:
+        model = load_model(trained.model.cfg, None, seed)
+        x = video_features(model, manifest, AugmentConfig.from_dict(augment), progress=False).pooled["audio_cnn"]
+        probe = linear_probe(x[train], y[train], x[test], y[test], ProbeConfig.from_dict(evaluation["probe"]))
+        scores.append(probe["top1"])
+    return scores
+
+
+def test_default_pretraining_beats_random_init(project):
     run_kedro(project)  # the default chain with the default parameters
     s = json.loads((project / "data/08_reporting/evaluation_summary.json").read_text())
-    assert s["retrieval/cpp_auc"] >= 0.65, s
+    assert s["retrieval/cpp_auc"] >= 0.7, s
     for way in ("video_to_audio", "audio_to_video"):
-        assert s[f"retrieval/{way}/median_rank"] <= s[f"retrieval/{way}/chance_median_rank"] - 1.0, s
+        assert s[f"retrieval/{way}/median_rank"] <= 0.6 * s[f"retrieval/{way}/chance_median_rank"], s
+
+    trained = load_trained(project / "data/06_models/pretrained_model.pt")
+    random_init = random_init_audio_probe(project, trained)
+    assert s["probe_top1/random_init/audio_cnn"] == random_init[0]  # the same protocol as the pipeline's
+    pretrained = s["probe_top1/pretrained/audio_cnn"]
+    assert pretrained >= float(np.mean(random_init)) + PROBE_MARGIN, (pretrained, random_init)

@@ -278,6 +278,19 @@ def test_decoded_object_follows_reported_positions(cfg, rendered):
             assert np.abs(centroid - info["positions"][k]).max() < 3.5, (info["path"], k)
 
 
+def test_motion_restarts_at_cuts_only_with_new_motion_at_cut():
+    """new_motion_at_cut: the object moves smoothly within a shot and jumps at (some) cuts;
+    without it the path is smooth throughout (one shot of motion per video)."""
+    for new_motion, expect_jumps in ((True, True), (False, False)):
+        cfg = DemoConfig(**{**SMALL, "new_motion_at_cut": new_motion, "appear_event": False,
+                            "min_duration_s": 4.0, "max_duration_s": 4.0})
+        _, info = render_video(cfg, 0)
+        step = np.abs(np.diff(info["positions"], axis=0)).max(1)  # px per frame
+        at_cut = (np.arange(1, len(step) + 1) % round(cfg.background_cut_s * cfg.fps)) == 0
+        assert step[~at_cut].max() < 0.25 * cfg.width, step  # smooth within shots
+        assert (step[at_cut].max() > step[~at_cut].max()) == expect_jumps, step[at_cut]
+
+
 def test_bounce_times_are_wall_hits():
     rng = np.random.default_rng(0)
     for _ in range(50):

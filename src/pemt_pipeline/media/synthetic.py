@@ -21,10 +21,13 @@ Design
 * **Distractors.** ``distractors`` grey objects of random shape move and bounce silently;
   the soundtrack has background noise and random clicks tied to no visual event; the
   background is a smooth colour gradient with a mild static texture, redrawn at a scene cut
-  every ``background_cut_s`` seconds (as shots change in real videos). Without cuts the
-  background alone tells videos apart, and masked-embedding prediction (whose negatives are
-  other videos' clips) learns that instead of the class: with cuts, what persists through a
-  video, and so what the context predicts, is the class object and its sound.
+  every ``background_cut_s`` seconds (as shots change in real videos). With
+  ``new_motion_at_cut`` every object also restarts each shot from a new random position and
+  velocity, and the noise floor changes. Without cuts the background (and without new motion
+  the object's path, speed and the noise level) tells videos apart, and masked-embedding
+  prediction (whose negatives are other videos' clips) learns those instead of the class:
+  with them, what persists through a video, and so what the context predicts, is the class
+  object and its sound.
 * **Learnable.** Audio-visual correspondence (burst onsets align with flashes and wall
   contacts, the pan with the object's side, timbre with shape and colour), temporal
   context (motion is smooth and predictable between bounces, rhythm repeats), and the
@@ -138,7 +141,7 @@ _SHAPES: Mapping[str, tuple[Callable[..., np.ndarray], float, float]] = {
 class DemoConfig:
     """Parameters of the synthetic dataset; validated on construction (``ValueError``)."""
 
-    n_videos: int = 32  # number of files; classes are assigned round-robin
+    n_videos: int = 64  # number of files; classes are assigned round-robin
     n_classes: int = 4  # first ``n_classes`` of ``CLASS_TEMPLATES`` (at most 8)
     min_duration_s: float = 8.0  # per-video duration drawn uniformly in [min, max]
     max_duration_s: float = 12.0
@@ -146,13 +149,15 @@ class DemoConfig:
     height: int = 120
     fps: int = 30
     sample_rate: int = 22050  # audio is stereo AAC at this rate
-    test_fraction: float = 0.25  # share of each class put in the "test" split
+    test_fraction: float = 0.625  # share of each class put in the "test" split
     distractors: int = 1  # silent grey objects per video
     noise_level: float = 0.02  # std of the stereo background noise (full scale = 1)
     click_rate: float = 0.5  # random audio clicks per second, tied to no visual event
     appear_event: bool = True  # the object fades in with an onset sound in the first second
     background_cut_s: float = 1.0  # a new background every this many seconds; 0 = one per video
-    object_size: float = 0.11  # object radius as a fraction of the frame height
+    new_motion_at_cut: bool = True  # at each cut every object restarts from a new random
+    # position and velocity (and the noise floor changes): only the class persists through a video
+    object_size: float = 0.2  # object radius as a fraction of the frame height
     seed: int = 0
     crf: int = 23  # x264 constant rate factor (0-51)
     preset: str = "veryfast"  # x264 preset
@@ -174,6 +179,7 @@ class DemoConfig:
             ("noise_level", float, lambda v: v >= 0.0, ">= 0"),
             ("click_rate", float, lambda v: v >= 0.0, ">= 0"),
             ("appear_event", bool, lambda v: True, "True or False"),
+            ("new_motion_at_cut", bool, lambda v: True, "True or False"),
             ("background_cut_s", float, lambda v: v == 0.0 or v >= 1.0 / self.fps,
              "0 (no cut) or at least one frame"),
             ("object_size", float, lambda v: 0.02 <= v <= 0.25, "in [0.02, 0.25]"),
@@ -236,31 +242,41 @@ def bounce_times(
 
 @dataclass(frozen=True)
 class _Mover:
-    """One object: shape, size, colour, and bouncing motion starting at ``t_start``."""
+    """One object: shape, size, colour, and bouncing motion in shots. Shot k starts at
+    ``starts[k]`` from ``p0[k]`` with velocity ``vel[k]`` (the first shot's start is when the
+    object starts moving; it rests at ``p0[0]`` before)."""
 
     shape: str
     radius: float
     colour: np.ndarray
-    p0: tuple[float, float]
-    vel: tuple[float, float]
-    t_start: float
+    starts: tuple[float, ...]
+    p0: tuple[tuple[float, float], ...]
+    vel: tuple[tuple[float, float], ...]
     bounds: tuple[tuple[float, float], tuple[float, float]]  # (lo, hi) for x and y
+
+    def _shot(self, t: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.asarray(self.starts[1:]), t, side="right")
 
     def position(self, t: np.ndarray) -> np.ndarray:
         """Centre (x, y) in pixels at times ``t``: shape (len(t), 2)."""
-        tau = np.maximum(np.asarray(t, dtype=np.float64) - self.t_start, 0.0)
+        t = np.asarray(t, dtype=np.float64)
+        k = self._shot(t)
+        tau = np.maximum(t - np.asarray(self.starts)[k], 0.0)
+        p0, vel = np.asarray(self.p0)[k], np.asarray(self.vel)[k]  # (len(t), 2)
         return np.stack(
-            [reflect(self.p0[a], self.vel[a], *self.bounds[a], tau) for a in (0, 1)], axis=1
+            [reflect(p0[:, a], vel[:, a], *self.bounds[a], tau) for a in (0, 1)], axis=1
         )
 
     def bounces(self, t_end: float) -> tuple[np.ndarray, list[str]]:
         """Sorted bounce times (absolute seconds) and the wall hit at each."""
         names = (("left", "right"), ("top", "bottom"))
+        ends = (*self.starts[1:], t_end)
         times, walls = [], []
-        for a in (0, 1):
-            tb, hi = bounce_times(self.p0[a], self.vel[a], *self.bounds[a], t_end - self.t_start)
-            times.append(tb + self.t_start)
-            walls += [names[a][int(h)] for h in hi]
+        for start, end, p0, vel in zip(self.starts, ends, self.p0, self.vel):
+            for a in (0, 1):
+                tb, hi = bounce_times(p0[a], vel[a], *self.bounds[a], min(end, t_end) - start)
+                times.append(tb + start)
+                walls += [names[a][int(h)] for h in hi]
         all_t = np.concatenate(times)
         order = np.argsort(all_t, kind="stable")
         return all_t[order], [walls[i] for i in order]
@@ -268,24 +284,27 @@ class _Mover:
 
 def _make_mover(
     rng: np.random.Generator, cfg: DemoConfig, shape: str, radius: float,
-    colour: np.ndarray, t_start: float,
+    colour: np.ndarray, starts: tuple[float, ...],
 ) -> _Mover:
-    """Random start position and velocity: 1.2-2.6 wall bounces per second in total, split
-    unevenly between the axes (x share in [0.15, 0.4] or [0.6, 0.85]) so that x and y
-    bounces do not come in regular pairs (corner to corner)."""
+    """Random start position and velocity for each shot: 1.2-2.6 wall bounces per second in
+    total, split unevenly between the axes (x share in [0.15, 0.4] or [0.6, 0.85]) so that x
+    and y bounces do not come in regular pairs (corner to corner)."""
     _, hx, hy = _SHAPES[shape]
     bounds = (
         (hx * radius - 0.5, cfg.width - 0.5 - hx * radius),
         (hy * radius - 0.5, cfg.height - 0.5 - hy * radius),
     )
-    p0 = tuple(float(rng.uniform(lo, hi)) for lo, hi in bounds)
-    rate = rng.uniform(1.2, 2.6)
-    share = rng.uniform(0.15, 0.4)
-    shares = (share, 1 - share) if rng.integers(2) else (1 - share, share)
-    signs = rng.choice([-1.0, 1.0], size=2)
-    # a point moving at |v| between walls L apart bounces |v| / L times per second
-    vel = tuple(float(signs[a] * shares[a] * rate * (bounds[a][1] - bounds[a][0])) for a in (0, 1))
-    return _Mover(shape, radius, colour, p0, vel, t_start, bounds)
+    p0s, vels = [], []
+    for _ in starts:
+        p0s.append(tuple(float(rng.uniform(lo, hi)) for lo, hi in bounds))
+        rate = rng.uniform(1.2, 2.6)
+        share = rng.uniform(0.15, 0.4)
+        shares = (share, 1 - share) if rng.integers(2) else (1 - share, share)
+        signs = rng.choice([-1.0, 1.0], size=2)
+        # a point moving at |v| between walls L apart bounces |v| / L times per second
+        vels.append(tuple(float(signs[a] * shares[a] * rate * (bounds[a][1] - bounds[a][0]))
+                          for a in (0, 1)))
+    return _Mover(shape, radius, colour, tuple(starts), tuple(p0s), tuple(vels), bounds)
 
 
 # --------------------------------------------------------------------------- scene
@@ -316,17 +335,19 @@ def _sample_scene(cfg: DemoConfig, index: int) -> _Scene:
     duration = n_frames / cfg.fps
     radius = cfg.object_size * cfg.height
     appear = float(rng.uniform(0.1, 0.9)) if cfg.appear_event else None
+    scene_frames = max(1, round(cfg.background_cut_s * cfg.fps)) if cfg.background_cut_s else n_frames
+    n_scenes = math.ceil(n_frames / scene_frames)
+    cuts = tuple(k * scene_frames / cfg.fps for k in range(1, n_scenes)) if cfg.new_motion_at_cut else ()
     target = _make_mover(rng, cfg, template.shape, radius,
-                         np.asarray(template.colour, np.float32), appear or 0.0)
+                         np.asarray(template.colour, np.float32),
+                         (appear or 0.0, *(c for c in cuts if c > (appear or 0.0))))
     shapes = sorted(_SHAPES)
     distractors = tuple(
         _make_mover(rng, cfg, shapes[rng.integers(len(shapes))], radius * rng.uniform(0.6, 1.0),
-                    np.full(3, rng.uniform(0.45, 0.75), np.float32), 0.0)
+                    np.full(3, rng.uniform(0.45, 0.75), np.float32), (0.0, *cuts))
         for _ in range(cfg.distractors)
     )
     n_clicks = rng.poisson(cfg.click_rate * duration)
-    scene_frames = max(1, round(cfg.background_cut_s * cfg.fps)) if cfg.background_cut_s else n_frames
-    n_scenes = math.ceil(n_frames / scene_frames)
     return _Scene(
         template=template,
         n_frames=n_frames,
@@ -479,7 +500,12 @@ def _synth_audio(cfg: DemoConfig, scene: _Scene, bounces: np.ndarray) -> np.ndar
         _add_at(mono, 0.5 * _onset_sound(scene.template, sr, rng), round(scene.appear_time * sr))
     x = scene.target.position(np.arange(scene.n_samples) / sr)[:, 0]
     stereo = mono * _pan_gains(x / (cfg.width - 1))
-    stereo += rng.normal(0.0, cfg.noise_level * rng.uniform(0.5, 1.5), size=stereo.shape)
+    if cfg.new_motion_at_cut:  # a noise floor per shot
+        shot = np.arange(scene.n_samples) * cfg.fps // (scene.scene_frames * sr)
+        gain = rng.uniform(0.5, 1.5, size=len(scene.backgrounds))[np.minimum(shot, len(scene.backgrounds) - 1)]
+    else:
+        gain = rng.uniform(0.5, 1.5)
+    stereo += rng.normal(0.0, 1.0, size=stereo.shape) * (cfg.noise_level * gain)
     for tc in scene.click_times:
         n = round(rng.uniform(0.002, 0.012) * sr)
         click = rng.normal(size=n) * np.exp(-np.arange(n) / (n / 3)) * rng.uniform(0.15, 0.35)
