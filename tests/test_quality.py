@@ -11,8 +11,9 @@ CPP AUC 0.755-0.78, median rank 7.5-10.5 both ways against a chance of 0.5 and 2
 probe top-1 0.775-0.925 pretrained against 0.60-0.675 for random inits with seeds 0-3 (mean of
 seeds 0-2: 0.633), so the margin asserted below (0.1, four videos) held for every seed with at
 least 0.04 to spare. Before the summary path was fixed (CNN output BatchNorm, factorised-layer
-init) every pair got the same score (AUC 0.5), and before the demo's shots restarted the motion
-the audio CNN's probe did not beat random inits (0.575-0.775 against 0.70-0.775, old demo).
+init) every pair got the same score (AUC 0.5); on the demo before its shots restarted the motion
+the audio CNN's probe did not beat random inits (0.575-0.775 against 0.60-0.70 for six seeds)
+and this margin failed for two of three training seeds.
 The visual streams are not compared: a random CNN already reads the class from the object's
 colour (top-1 1.0 for both models).
 """
