@@ -25,7 +25,8 @@ import pandas as pd
 import yaml
 
 from pemt_pipeline.evaluation.features import video_features
-from pemt_pipeline.evaluation.probe import ProbeConfig, linear_probe
+from pemt_pipeline.evaluation.probe import ProbeConfig
+from pemt_pipeline.evaluation.video import VideoEvalConfig, probe_report
 from pemt_pipeline.features.embed import load_model
 from pemt_pipeline.training.checkpoint import load_trained
 from pemt_pipeline.training.data import AugmentConfig
@@ -36,22 +37,18 @@ PROBE_MARGIN = 0.1
 
 
 def random_init_audio_probe(project, trained) -> list[float]:
-    """Audio-CNN probe top-1 of randomly initialised models (BASELINE_SEEDS), scored as the
-    evaluation pipeline scores the pretrained one."""
+    """Audio-CNN probe top-1 of randomly initialised models (BASELINE_SEEDS), through the
+    evaluation pipeline's own feature and probe functions."""
     conf = project / "conf/base"
     evaluation = yaml.safe_load((conf / "parameters_evaluation.yml").read_text())["evaluation"]
     augment = yaml.safe_load((conf / "parameters_training.yml").read_text())["training"]["augment"]
     manifest = pd.read_parquet(project / "data/03_primary/manifest.parquet")
-    train = manifest["split"].isin(evaluation["train_splits"]).to_numpy()
-    test = manifest["split"].isin(evaluation["test_splits"]).to_numpy()
-    y = manifest["label"].astype(str).to_numpy()
-    scores = []
-    for seed in BASELINE_SEEDS:
-        model = load_model(trained.model.cfg, None, seed)
-        x = video_features(model, manifest, AugmentConfig.from_dict(augment), progress=False).pooled["audio_cnn"]
-        probe = linear_probe(x[train], y[train], x[test], y[test], ProbeConfig.from_dict(evaluation["probe"]))
-        scores.append(probe["top1"])
-    return scores
+    cfg = VideoEvalConfig.from_dict({**evaluation, "progress": False})
+    features = {seed: video_features(load_model(trained.model.cfg, None, seed), manifest,
+                                     AugmentConfig.from_dict(augment), cfg.batch_size, cfg.device, cfg.progress)
+                for seed in BASELINE_SEEDS}
+    report = probe_report(features, manifest, cfg, ProbeConfig.from_dict(evaluation["probe"]))
+    return [report[seed]["audio_cnn"]["top1"] for seed in BASELINE_SEEDS]
 
 
 def test_default_pretraining_beats_random_init(project):

@@ -254,13 +254,10 @@ class _Mover:
     vel: tuple[tuple[float, float], ...]
     bounds: tuple[tuple[float, float], tuple[float, float]]  # (lo, hi) for x and y
 
-    def _shot(self, t: np.ndarray) -> np.ndarray:
-        return np.searchsorted(np.asarray(self.starts[1:]), t, side="right")
-
     def position(self, t: np.ndarray) -> np.ndarray:
         """Centre (x, y) in pixels at times ``t``: shape (len(t), 2)."""
         t = np.asarray(t, dtype=np.float64)
-        k = self._shot(t)
+        k = np.searchsorted(np.asarray(self.starts[1:]), t, side="right")  # shot of each t
         tau = np.maximum(t - np.asarray(self.starts)[k], 0.0)
         p0, vel = np.asarray(self.p0)[k], np.asarray(self.vel)[k]  # (len(t), 2)
         return np.stack(
