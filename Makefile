@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (python3 3.11, make, git):
 #   make demo   bootstrap .venv and run the default pipeline on the embedded demo data
-#   make test   bootstrap .venv and run the test suite
+#   make test   bootstrap .venv and run the test suite (make test-fast: without the end-to-end runs)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: bootstrap demo test repro viz bench clean-data
+.PHONY: bootstrap demo test test-fast repro viz bench clean-data
 
 bootstrap: $(STAMP)
 
@@ -24,6 +24,9 @@ demo: bootstrap
 
 test: bootstrap
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: bootstrap
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 repro: bootstrap
 	$(BIN)/dvc repro

@@ -47,6 +47,7 @@ def make_project_copy(where: Path) -> Path:
     data into `where/data`, never into the checkout."""
     where.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT_ROOT / "pyproject.toml", where)
+    shutil.copy(PROJECT_ROOT / ".telemetry", where)  # Kedro telemetry off, as in the checkout
     shutil.copytree(PROJECT_ROOT / "conf", where / "conf", ignore=shutil.ignore_patterns("local"))
     (where / "conf" / "local").mkdir()
     (where / "src").mkdir()  # the package itself is imported from the installed checkout
@@ -72,3 +73,16 @@ def run_kedro(project: Path, pipelines: list[str] | None = None, params: dict | 
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
         return session.run(pipeline_names=pipelines, **run_args)
+
+
+END_TO_END_MODULES = {"test_demo_chain", "test_dvc", "test_embedding_negatives_chain", "test_ingestion_hostile",
+                      "test_ingestion_real_clips", "test_ingestion_resume", "test_paper_env", "test_pruning_chain",
+                      "test_quality", "test_report_chain", "test_training_chain", "test_viz"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """End-to-end tests (Kedro sessions in project copies, DVC, the browser) are marked `slow`:
+    `make test-fast` (pytest -m "not slow") runs the rest."""
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in END_TO_END_MODULES or "project" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)

@@ -2,6 +2,11 @@
 
 from kedro.config import OmegaConfigLoader
 
+from pemt_pipeline.hooks import RunGuard
+
+# Before the first node: check the run's parameters, then take the run lock (pemt_pipeline.hooks).
+HOOKS = (RunGuard(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

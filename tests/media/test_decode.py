@@ -68,10 +68,14 @@ def test_audio_is_decoded_on_the_video_timeline(tmp_path):
     with open_container(path) as c:
         info = probe(c)
     assert [s.index for s in info.video] == [0] and info.audio[0].channels == 2
-    d = decode(path, 0, 1, None, short_side=32)
+    d = decode(path, 0, 1, None, short_side=32, audio_windows=np.array([[0.0, 1.0], [1.5, 3.0]]))
     assert d.audio_rate == 22050 and d.frames is None
-    assert len(d.audio) / 22050 == pytest.approx(2.0, abs=0.1)
-    assert np.abs(d.audio).max() == pytest.approx(0.3, abs=0.05)
+    assert d.audio.end / 22050 == pytest.approx(2.0, abs=0.1)  # the track ends with the video
+    first, second = d.audio.data
+    assert len(first) == 22050 and np.abs(first[1000:]).max() == pytest.approx(0.3, abs=0.05)
+    # Only the windows are kept: the second stops where the track does, the rest stays zero.
+    assert np.abs(second[: int(0.4 * 22050)]).max() == pytest.approx(0.3, abs=0.05)
+    assert not second[int(0.6 * 22050):].any()
 
 
 @pytest.mark.parametrize("content,code", [(b"", "empty_file"), (b"\x00\x01garbage" * 500, "not_media")])

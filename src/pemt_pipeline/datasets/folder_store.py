@@ -2,7 +2,8 @@
 
 Ingestion workers write clip shards, and embedding streams into memory-mapped arrays, themselves;
 such a dataset loads a lazy reader over its folder, and saving only checks that the reader handed
-over is this folder, so the catalog and the parameters cannot disagree.
+over is this folder, so the catalog and the parameters cannot disagree. Loading first puts back the
+previous folder if a swap was killed half-way (`pemt_pipeline.atomic.recover`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, ClassVar
 
 from kedro.io import AbstractDataset, DatasetError
 
+from pemt_pipeline.atomic import recover
 from pemt_pipeline.features.store import ClipEmbeddings
 from pemt_pipeline.media.shards import ShardStore
 
@@ -25,6 +27,7 @@ class _FolderStoreDataset(AbstractDataset):
         self.metadata = metadata
 
     def load(self):
+        recover(self._path)
         if not self._path.is_dir():
             raise DatasetError(f"{str(self._path)!r} does not exist: run the {self.producer} pipeline first")
         return self.store_class(self._path)
@@ -34,6 +37,7 @@ class _FolderStoreDataset(AbstractDataset):
             raise DatasetError(f"{self.producer} wrote to {str(data.root)!r}, but this dataset is {str(self._path)!r}")
 
     def _exists(self) -> bool:
+        recover(self._path)
         return self._path.is_dir()
 
     def _describe(self) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Report outputs as Kedro datasets: the rendered report (HTML + Markdown + figures) and a JSON
-file that may not exist yet (the pruning results, which the report shows when present)."""
+file that may not exist yet (the pruning results, which the report shows when present); both are
+saved atomically."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
-from kedro_datasets.json import JSONDataset
-
+from pemt_pipeline.datasets.atomic_files import AtomicJSONDataset
 from pemt_pipeline.reporting import Report, save_report
 
 
 class ReportDataset(AbstractDataset[Report, None]):
     """Saves a `pemt_pipeline.reporting.Report` as <folder>/<stem>.html (self-contained),
-    <stem>.md and figures/*.png. Write-only.
+    <stem>.md and figures/*.png, each atomically (`pemt_pipeline.reporting.save_report`). Write-only.
 
     Args:
         folder: output folder.
@@ -38,9 +38,9 @@ class ReportDataset(AbstractDataset[Report, None]):
         return {"folder": str(self._folder), "stem": self._stem}
 
 
-class OptionalJSONDataset(JSONDataset):
+class OptionalJSONDataset(AtomicJSONDataset):
     """A JSON file that loads as None while it does not exist (e.g. results of a pipeline that
-    has not run yet)."""
+    has not run yet); saved atomically (`AtomicJSONDataset`)."""
 
     def load(self) -> Any:
         if not self._exists():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from pemt_pipeline.atomic import atomic_open, remove_stale_temporaries
 from pemt_pipeline.media.folder import DEFAULT_EXTENSIONS, VideoSource
 
 
@@ -19,8 +19,9 @@ def _optional_path(value: str | None) -> Path | None:
 class VideoFolderDataset(AbstractDataset[dict[str, bytes], VideoSource]):
     """Loads a `VideoSource` (the folder and its labels CSV; nothing is read yet).
 
-    Saves ``{relative path: file bytes}``: each file is written atomically, and media files already in
-    the folder that are not in the dict are removed, so the folder holds exactly what was saved.
+    Saves ``{relative path: file bytes}``: each file is written atomically (`pemt_pipeline.atomic`,
+    after removing the temporaries a killed save of it left), and media files already in the folder
+    that are not in the dict are removed, so the folder holds exactly what was saved.
 
     Args:
         path: the folder.
@@ -42,13 +43,14 @@ class VideoFolderDataset(AbstractDataset[dict[str, bytes], VideoSource]):
 
     def save(self, data: dict[str, bytes]) -> None:
         self._path.mkdir(parents=True, exist_ok=True)
+        names_by_folder = defaultdict(set)
+        for target in (self._path / rel for rel in data):
+            names_by_folder[target.parent].add(target.name)
+        for folder, names in names_by_folder.items():
+            remove_stale_temporaries(folder, names)
         for rel, blob in data.items():
-            target = self._path / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            with os.fdopen(fd, "wb") as f:
+            with atomic_open(self._path / rel) as f:
                 f.write(blob)
-            os.replace(tmp, target)
         keep = {(self._path / rel).resolve() for rel in data}
         for old in self._path.rglob("*"):
             if old.is_file() and old.suffix.lower().lstrip(".") in DEFAULT_EXTENSIONS and old.resolve() not in keep:

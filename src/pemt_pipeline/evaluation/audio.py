@@ -57,7 +57,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import (DEVICE, NON_EMPTY, at_least, between, from_params, one_of, optional,
+                                   require)
 from pemt_pipeline.evaluation.probe import ProbeConfig, linear_probe
 from pemt_pipeline.features.embed import resolve_device
 from pemt_pipeline.media import audio as A
@@ -120,30 +121,23 @@ class AudioFolderConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Choices, ranges and folds; ValueError naming `evaluation.audio.<key>`."""
+        require("evaluation.audio", self, file_column=NON_EMPTY, label_column=NON_EMPTY,
+                split_column=NON_EMPTY, fold_column=optional(NON_EMPTY), clips_per_file=optional(at_least(1)),
+                placement=one_of(C.PLACEMENTS), short_file_policy=one_of(SHORT_FILE_POLICIES),
+                too_short=one_of(TOO_SHORT_POLICIES), min_decoded_fraction=between(0, 1),
+                batch_size=at_least(1), device=DEVICE)
         if self.fold_column is not None:
             train, test = self.fold_sets()
             if not train or not test:
-                raise ValueError("AudioFolderConfig: with a fold_column, train_folds and test_folds "
+                raise ValueError("evaluation.audio: with a fold_column, train_folds and test_folds "
                                  "must both list at least one fold")
             if train & test:
-                raise ValueError(f"AudioFolderConfig: fold(s) {sorted(train & test)} are in both "
+                raise ValueError(f"evaluation.audio: fold(s) {sorted(train & test)} are in both "
                                  "train_folds and test_folds")
-        if self.clips_per_file is not None and self.clips_per_file < 1:
-            raise ValueError(f"AudioFolderConfig.clips_per_file must be >= 1, got {self.clips_per_file!r}")
-        if self.placement not in C.PLACEMENTS:
-            raise ValueError(f"AudioFolderConfig.placement must be one of {C.PLACEMENTS}, got {self.placement!r}")
-        if self.short_file_policy not in SHORT_FILE_POLICIES:
-            raise ValueError(f"AudioFolderConfig.short_file_policy must be one of {SHORT_FILE_POLICIES}, "
-                             f"got {self.short_file_policy!r}")
-        if self.too_short not in TOO_SHORT_POLICIES:
-            raise ValueError(f"AudioFolderConfig.too_short must be one of {TOO_SHORT_POLICIES}, "
-                             f"got {self.too_short!r}")
-        if not 0 <= self.min_decoded_fraction <= 1:
-            raise ValueError("AudioFolderConfig.min_decoded_fraction must be in [0, 1]")
-        if self.batch_size < 1:
-            raise ValueError(f"AudioFolderConfig.batch_size must be >= 1, got {self.batch_size!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"AudioFolderConfig.device must be auto, cpu or cuda[:N], got {self.device!r}")
 
     @classmethod
     def from_dict(cls, params: dict[str, Any] | None) -> AudioFolderConfig:

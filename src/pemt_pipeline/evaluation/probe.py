@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import at_least, from_params, require
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,11 @@ class ProbeConfig:
         return from_params(cls, d, "evaluation.probe")
 
     def __post_init__(self) -> None:
-        if not self.weight_decay >= 0:
-            raise ValueError(f"ProbeConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.max_iter < 1 or self.top_k < 1:
-            raise ValueError("ProbeConfig.max_iter and top_k must be >= 1")
+        self.validate()
+
+    def validate(self) -> None:
+        """Ranges; ValueError naming `evaluation.probe.<key>`."""
+        require("evaluation.probe", self, weight_decay=at_least(0), max_iter=at_least(1), top_k=at_least(1))
 
 
 def _features(name: str, x) -> torch.Tensor:

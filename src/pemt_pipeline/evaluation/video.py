@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import DEVICE, NON_EMPTY, at_least, each, from_params, require
 from pemt_pipeline.features.embed import load_model
 from pemt_pipeline.training.checkpoint import TrainedModel
 from pemt_pipeline.training.data import AugmentConfig
@@ -38,6 +38,12 @@ class VideoEvalConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VideoEvalConfig:
         return from_params(cls, d, "evaluation", ignore=("probe", "audio"))
+
+    def validate(self) -> None:
+        """Ranges; ValueError naming `evaluation.<key>`."""
+        require("evaluation", self, train_splits=each(NON_EMPTY), test_splits=each(NON_EMPTY),
+                baseline_seed=at_least(0), retrieval_ks=each(at_least(1)), retrieval_max_videos=at_least(2),
+                batch_size=at_least(1), device=DEVICE)
 
 
 def labelled_splits(manifest: pd.DataFrame, cfg: VideoEvalConfig) -> tuple[np.ndarray, np.ndarray]:

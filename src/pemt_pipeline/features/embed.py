@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import DEVICE, NON_EMPTY, above, at_least, from_params, optional, require
 from pemt_pipeline.features.store import ClipEmbeddings, EmbeddingWriter
 from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, audio_clips, video_clips
 from pemt_pipeline.media.shards import load_shard
@@ -42,12 +42,11 @@ class EmbedConfig:
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> EmbedConfig:
-        cfg = from_params(cls, params, "embedding")
-        if cfg.batch_size < 1 or cfg.crop < 1 or cfg.std <= 0:
-            raise ValueError("embedding.batch_size and embedding.crop must be >= 1, embedding.std > 0")
-        if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-            raise ValueError(f"embedding.device must be auto, cpu or cuda[:N], got {cfg.device!r}")
-        return cfg
+        return from_params(cls, params, "embedding")  # type checks, then validate()
+
+    def validate(self) -> None:
+        require("embedding", self, batch_size=at_least(1), crop=at_least(1), std=above(0), seed=at_least(0),
+                checkpoint=optional(NON_EMPTY), device=DEVICE, output_dir=NON_EMPTY)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,28 +7,34 @@
 - ``meta.json``   how they were made (model configuration, checkpoint or seed, ...)
 The arrays are NumPy ``.npy`` files written through `numpy.lib.format.open_memmap`, so writing
 streams batch by batch and reading (`np.load(mmap_mode="r")`) never loads more than is touched.
+The store is built in a temporary folder beside it (disk blocks preallocated, so a full disk fails at
+creation with a clear error instead of SIGBUS) and swapped in by `pemt_pipeline.atomic`: a kill at any
+moment leaves a complete store, the previous or the new one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pemt_pipeline.atomic import (commit, discard, discard_on_error, preallocate, recover, remove_stale_temporaries,
+                                  temporary)
+
 ARRAYS = ("visual", "audio")
 
 
 class ClipEmbeddings:
-    """Read side: lazily memory-mapped arrays and the clip table."""
+    """Read side: lazily memory-mapped arrays and the clip table (first putting back the previous
+    store if a swap was killed half-way, see `pemt_pipeline.atomic.recover`)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        recover(self.root)
 
     def __repr__(self) -> str:
         return f"ClipEmbeddings({str(self.root)!r})"
@@ -56,14 +62,20 @@ class ClipEmbeddings:
 
 
 class EmbeddingWriter:
-    """Write side: fills memory-mapped arrays in a temporary folder, then swaps it into place."""
+    """Write side: fills memory-mapped arrays in a temporary folder, then swaps it into place
+    (removing first what killed runs left beside the store)."""
 
     def __init__(self, root: str | os.PathLike, n_clips: int, dims: dict[str, int]):
         self.root = Path(root)
-        self.root.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", dir=self.root.parent))
-        self.arrays = {name: np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=np.float32,
-                                                       shape=(n_clips, dims[name])) for name in ARRAYS}
+        remove_stale_temporaries(self.root.parent, self.root.name)
+        self.tmp = temporary(self.root, folder=True)
+        self.arrays: dict[str, np.memmap] = {}
+        with discard_on_error(self.tmp, self.root):
+            for name in ARRAYS:
+                path = self.tmp / f"{name}.npy"
+                self.arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                                              shape=(n_clips, dims[name]))
+                preallocate(path)
         self.written = 0
 
     def write(self, batch: dict[str, np.ndarray]) -> None:
@@ -77,16 +89,15 @@ class EmbeddingWriter:
         if self.written != expected or len(clips) != expected:
             self.abort()
             raise RuntimeError(f"embedding store incomplete: {self.written} of {expected} clips written")
-        for arr in self.arrays.values():
-            arr.flush()
-        self.arrays.clear()
-        clips.to_parquet(self.tmp / "clips.parquet", index=False)
-        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        os.replace(self.tmp, self.root)
+        with discard_on_error(self.tmp, self.root):
+            for arr in self.arrays.values():
+                arr.flush()
+            self.arrays.clear()
+            clips.to_parquet(self.tmp / "clips.parquet", index=False)
+            (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+            commit(self.tmp, self.root)
         return ClipEmbeddings(self.root)
 
     def abort(self) -> None:
         self.arrays.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        discard(self.tmp)

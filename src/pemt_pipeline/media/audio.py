@@ -9,9 +9,12 @@ is zeros. Values are `log(log_offset + mel power)` (METHOD.md: log(1e-6 + mel)).
 
 from __future__ import annotations
 
+import fractions
 import functools
+import math
 from dataclasses import dataclass
 
+import av
 import numpy as np
 import torch
 import torchaudio
@@ -75,18 +78,124 @@ def downmix(planes: np.ndarray) -> np.ndarray:
     return planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0].astype(np.float32)
 
 
-@functools.lru_cache(maxsize=16)
+# torchaudio's sinc kernel has (new / g) x (orig / g + 2 * width) taps for g = gcd(orig, new): small for
+# the usual rates (44.1k -> 16k: 160 x 455), but 4001 Hz -> 16 kHz would need 16000 x 4015 (64M taps,
+# about 0.5 GB while it is built). Past this many taps FFmpeg's swresample (a fixed-size polyphase
+# filter bank, bounded memory whatever the rates) resamples instead.
+MAX_SINC_TAPS = 1 << 20
+RESAMPLER_CACHE = 4  # kernels kept (each at most MAX_SINC_TAPS float32 taps, 4 MB)
+
+
+def _reduced(orig: int, new: int) -> tuple[int, int]:
+    g = math.gcd(orig, new)
+    return orig // g, new // g
+
+
+def sinc_resampling_fits(orig: int, new: int) -> bool:
+    """Whether torchaudio's exact sinc kernel for orig -> new stays within MAX_SINC_TAPS."""
+    o, n = _reduced(orig, new)
+    return n * (o + 16) <= MAX_SINC_TAPS
+
+
+def resampling_period(orig: int, new: int) -> int:
+    """Input samples after which the sinc resampler's phases repeat: a window that starts at a
+    multiple of it resamples onto the same output grid as the whole track would."""
+    return _reduced(orig, new)[0] if sinc_resampling_fits(orig, new) else 1
+
+
+@functools.lru_cache(maxsize=RESAMPLER_CACHE)
 def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(orig, new)
 
 
+def _swresample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """FFmpeg's swresample (bounded memory for any pair of rates), output trimmed to the exact length."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=new_rate)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32)[None, :], format="flt",
+                                       layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = orig_rate, 0, fractions.Fraction(1, orig_rate)
+    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame) + resampler.resample(None)]
+    expected = math.ceil(len(samples) * new_rate / orig_rate)
+    y = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    return np.pad(y[:expected], (0, max(0, expected - len(y)))).astype(np.float32, copy=False)
+
+
 def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Band-limited (sinc) resampling with torchaudio; output sample i is at time i / new_rate."""
+    """Band-limited resampling; output sample i is at time i / new_rate.
+
+    torchaudio's sinc resampler where its kernel is small (every common rate), FFmpeg's swresample
+    otherwise (see MAX_SINC_TAPS); memory stays bounded for any pair of rates."""
     if orig_rate == new_rate or samples.size == 0:
         return samples.astype(np.float32, copy=False)
+    if not sinc_resampling_fits(orig_rate, new_rate):
+        return _swresample(samples, orig_rate, new_rate)
     with torch.inference_mode():
         out = _resampler(orig_rate, new_rate)(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)))
     return out.numpy()
+
+
+class WindowCollector:
+    """Keeps, of a decoded audio stream, only the samples inside given windows of the video timeline.
+
+    Ingestion needs a few seconds of audio around each clip, not the whole track: memory is the
+    windows' length, whatever the video's. Window k covers source samples [first[k], first[k] + length[k])
+    at the stream's rate (sample i at time i / rate, time 0 = the first video frame); samples never
+    written stay zero (gaps, audio before time 0 or after the track's end); overlapping chunks keep
+    the later one.
+    """
+
+    def __init__(self, windows_s: np.ndarray, rate: int, period: int = 1):
+        """`windows_s` [K, 2] (start, end) in seconds; starts are moved back to a multiple of `period`
+        samples (see `resampling_period`)."""
+        self.rate = rate
+        first = np.floor(windows_s[:, 0] * rate / period).astype(np.int64) * period
+        self.first = first
+        self.stop = np.ceil(windows_s[:, 1] * rate).astype(np.int64)
+        self.data = [np.zeros(max(0, int(b - a)), dtype=np.float32) for a, b in zip(self.first, self.stop)]
+        self.written = 0  # samples written into any window
+        self.end = 0  # one past the last sample seen, on the whole timeline
+
+    def write(self, start_s: float, samples: np.ndarray) -> None:
+        start = round(start_s * self.rate)
+        stop = start + samples.shape[0]
+        self.end = max(self.end, stop)
+        for k in np.flatnonzero((self.first < stop) & (self.stop > start)):
+            a, b = max(start, self.first[k], 0), min(stop, self.stop[k])  # nothing before time 0
+            if b <= a:
+                continue
+            self.data[k][a - self.first[k]:b - self.first[k]] = samples[a - start:b - start]
+            self.written += b - a
+
+    def past(self, start_s: float) -> bool:
+        """Whether every window ends before `start_s` (later audio is not needed)."""
+        return bool(len(self.stop) == 0 or round(start_s * self.rate) >= self.stop.max())
+
+
+def clip_windows_from(collector: WindowCollector | None, clip_starts: np.ndarray, cfg: MelConfig) -> np.ndarray:
+    """[T, window_samples] at cfg.sample_rate read by each clip's mel frames, resampled window by window
+    from what `collector` kept (zeros where it kept nothing; all zeros for no collector: a silent track).
+
+    Window k must be the one collected for clip k (see `clip_audio_windows`)."""
+    length = cfg.window_samples
+    out = np.zeros((len(clip_starts), length), dtype=np.float32)
+    if collector is None:
+        return out
+    for k, start in enumerate(clip_starts):
+        track = resample(collector.data[k], collector.rate, cfg.sample_rate)
+        offset = collector.first[k] * cfg.sample_rate / collector.rate  # where `track` starts on the output grid
+        first = round(start * cfg.sample_rate) - cfg.n_fft // 2 - round(offset)
+        lo, hi = max(0, first), min(len(track), first + length)
+        if hi > lo:
+            out[k, lo - first:hi - first] = track[lo:hi]
+    return out
+
+
+def clip_audio_windows(clip_starts: np.ndarray, cfg: MelConfig, margin_s: float = 0.05) -> np.ndarray:
+    """[T, 2] (start, end) seconds of source audio that clip k's mel frames need, with a margin for the
+    resampler's filter."""
+    lead = cfg.n_fft // 2 / cfg.sample_rate + margin_s
+    tail = (cfg.window_samples - cfg.n_fft // 2) / cfg.sample_rate + margin_s
+    return np.stack([clip_starts - lead, clip_starts + tail], axis=1)
 
 
 @functools.lru_cache(maxsize=8)

@@ -17,9 +17,27 @@ atomically (see `shards`). Every failure becomes a row of the rejects table with
 | decode_error      | FFmpeg opened the file but no video frame could be decoded |
 | truncated         | decoding stopped well before the declared duration (`min_decoded_fraction`) |
 | too_short         | shorter than one clip, or than T clips under `short_video_policy: reject` |
+| too_long          | longer than `max_duration_s` |
+| too_many_pixels   | a frame (declared or decoded) larger than `max_pixels` |
+| bad_sample_rate   | every audio stream's rate is outside [`min_sample_rate`, `max_sample_rate`] |
+| too_many_channels | every audio stream has more than `max_audio_channels` channels |
+| outside_source    | a labelled path or a symbolic link that leads outside `source_dir` |
+| timeout           | decoding the file took longer than `file_timeout_s` |
+| memory_limit      | the worker decoding it went over `worker_memory_mb` |
+| worker_died       | the worker decoding it died (e.g. killed by the out-of-memory killer, a crash in FFmpeg) |
 | internal_error    | an unexpected error (a bug): the message says what; the rest of the run goes on |
 
 Silent audio (level below `silence_threshold_db`) is flagged in the manifest, not rejected.
+
+Cost per file is bounded whatever the file: the container's declarations are checked against the
+limits before decoding; the video's length is measured from its packets near the declared end (the
+whole file is read only when that does not match); only the frames and the audio windows that the
+clips use are decoded, seeking past stretches longer than `seek_gap_s`; a jump of the timestamps
+by more than `max_timestamp_gap_s` ends the video there (broken timestamps are not hours of video;
+`timestamp_gap_s` in the manifest); and each file runs in a supervised worker with a time and a
+memory limit. Re-runs compare a cheap fingerprint (size, modification time, sampled bytes) first;
+the full content hash is read only after FFmpeg has opened the file, and only when the fingerprint
+changed or the video is new.
 """
 
 from __future__ import annotations
@@ -30,10 +48,8 @@ import functools
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,25 +59,35 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from pemt_pipeline.atomic import WriteError
 from pemt_pipeline.configs import from_params
+from pemt_pipeline.locking import WAIT_ENV, exclusive, wait_seconds
 from pemt_pipeline.media import audio as A
 from pemt_pipeline.media import clips as C
 from pemt_pipeline.media.decode import (
+    Decoded,
+    Extent,
     MediaError,
+    StreamInfo,
     check_file,
     choose_audio,
     choose_video,
     decode,
+    first_frame_time,
+    frame_interval,
     open_container,
     probe,
+    scan_extent,
+    set_decoder_threads,
 )
 from pemt_pipeline.media.folder import DEFAULT_EXTENSIONS
 from pemt_pipeline.media.shards import SHARD_SUFFIX, read_metadata, remove_stale_temporaries, write_shard
+from pemt_pipeline.media.workers import TaskFailure, run_supervised
 
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this library changes what a shard holds, so old shards are rebuilt.
-INGEST_VERSION = 1
+INGEST_VERSION = 2
 MISSING_AUDIO_POLICIES = ("reject", "silence")
 REJECT_COLUMNS = ("video_id", "source_path", "reason", "detail")
 
@@ -88,7 +114,17 @@ class IngestConfig:
     missing_audio: str = "reject"
     silence_threshold_db: float = -60.0
     min_decoded_fraction: float = 0.9
+    max_timestamp_gap_s: float = 60.0
     # The fields below do not change a shard's content.
+    max_pixels: int = 7680 * 4320
+    max_duration_s: float = 6 * 3600.0
+    min_sample_rate: int = 4000
+    max_sample_rate: int = 192000
+    max_audio_channels: int = 16
+    seek_gap_s: float = 10.0
+    file_timeout_s: float = 600.0
+    worker_memory_mb: float = 4096.0
+    follow_symlinks: bool = False
     shard_dir: str = "data/02_intermediate/shards"
     workers: int = 0
     decoder_threads: int = 1
@@ -101,16 +137,16 @@ class IngestConfig:
     # Keys of the `ingestion` parameters that the catalog uses (runtime parameters), not this config.
     CATALOG_KEYS = ("source_dir", "labels_csv")
     RUN_FIELDS = ("shard_dir", "workers", "decoder_threads", "extensions", "test_fraction", "split_seed",
-                  "prune_stale_shards", "progress")
+                  "prune_stale_shards", "progress", "max_pixels", "max_duration_s", "min_sample_rate",
+                  "max_sample_rate", "max_audio_channels", "seek_gap_s", "file_timeout_s", "worker_memory_mb",
+                  "follow_symlinks")
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> IngestConfig:
         params = dict(params)
         if params.get("extensions") == "default":
             params["extensions"] = DEFAULT_EXTENSIONS
-        cfg = from_params(cls, params, "ingestion", ignore=cls.CATALOG_KEYS)
-        cfg.validate()
-        return cfg
+        return from_params(cls, params, "ingestion", ignore=cls.CATALOG_KEYS)
 
     def validate(self) -> None:
         positive = ("fps", "frames_per_clip", "frame_stride", "clips_per_video", "short_side", "sample_rate",
@@ -129,6 +165,17 @@ class IngestConfig:
             raise ValueError("ingestion.min_decoded_fraction and ingestion.test_fraction must be in [0, 1]")
         if self.workers < 0 or self.decoder_threads < 0:
             raise ValueError("ingestion.workers and ingestion.decoder_threads must be >= 0 (0: automatic)")
+        at_least_zero = ("max_pixels", "max_duration_s", "file_timeout_s", "worker_memory_mb", "seek_gap_s")
+        for name in at_least_zero:
+            if getattr(self, name) < 0:
+                raise ValueError(f"ingestion.{name} must be >= 0 (0: no limit), got {getattr(self, name)!r}")
+        if not 0 < self.max_timestamp_gap_s:
+            raise ValueError(f"ingestion.max_timestamp_gap_s must be > 0, got {self.max_timestamp_gap_s!r}")
+        if not 0 < self.min_sample_rate <= self.max_sample_rate:
+            raise ValueError(f"ingestion.min_sample_rate ({self.min_sample_rate}) must be > 0 and <= "
+                             f"ingestion.max_sample_rate ({self.max_sample_rate})")
+        if self.max_audio_channels < 1:
+            raise ValueError(f"ingestion.max_audio_channels must be >= 1, got {self.max_audio_channels!r}")
 
     @property
     def span(self) -> float:
@@ -149,7 +196,12 @@ class IngestConfig:
         return Path(self.shard_dir) / f"{video_id}{SHARD_SUFFIX}"
 
 
+FINGERPRINT_BLOCK = 1 << 16
+FINGERPRINT_SAMPLES = 16
+
+
 def content_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of the whole file (read only once FFmpeg has accepted the file)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -157,19 +209,83 @@ def content_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _up_to_date_record(shard: Path, digest: str, cfg: IngestConfig) -> dict | None:
-    meta = read_metadata(shard)
-    if meta and meta.get("content_hash") == digest and meta.get("params_hash") == cfg.params_hash:
-        return json.loads(meta["record"])
+def fingerprint(path: str | os.PathLike) -> str:
+    """A cheap stand-in for the content hash: size, modification time and 16 blocks of 64 KiB spread
+    over the file (about 1 MB read whatever the size). Equal fingerprints mean an unchanged file;
+    a different one sends the file to the full hash."""
+    stat = os.stat(path)
+    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+        span = max(0, stat.st_size - FINGERPRINT_BLOCK)
+        for k in range(FINGERPRINT_SAMPLES):
+            f.seek(span * k // (FINGERPRINT_SAMPLES - 1))
+            digest.update(f.read(FINGERPRINT_BLOCK))
+    return digest.hexdigest()[:32]
+
+
+def _limit_error(cfg: IngestConfig, width: int, height: int, duration: float | None) -> MediaError | None:
+    """The first limit that a video's declared frame size or measured duration breaks, if any."""
+    if cfg.max_pixels and width * height > cfg.max_pixels:
+        return MediaError("too_many_pixels", f"frames of {width}x{height} are over the limit of {cfg.max_pixels} "
+                          "pixels (ingestion.max_pixels)")
+    if duration is not None and cfg.max_duration_s and duration > cfg.max_duration_s:
+        return MediaError("too_long", f"{duration:.1f} s long, over the limit of {cfg.max_duration_s:.0f} s "
+                          "(ingestion.max_duration_s)")
     return None
 
 
-def _decode_clips(source, video_index: int, audio_index: int | None, duration: float, cfg: IngestConfig):
-    """Place clips for `duration` and decode their frames; returns (plan, decoded, frames [T*F, H, W, 3])."""
-    plan = C.plan_clips(duration, cfg.span, cfg.clips_per_video, cfg.placement, cfg.short_video_policy)
+def _audio_limit_error(cfg: IngestConfig, stream: StreamInfo) -> MediaError | None:
+    if not cfg.min_sample_rate <= stream.sample_rate <= cfg.max_sample_rate:
+        return MediaError("bad_sample_rate", f"audio stream {stream.index} ({stream.codec}) runs at {stream.sample_rate} Hz, "
+                          f"outside [{cfg.min_sample_rate}, {cfg.max_sample_rate}] (ingestion.min_sample_rate, "
+                          "ingestion.max_sample_rate)")
+    if stream.channels > cfg.max_audio_channels:
+        return MediaError("too_many_channels", f"audio stream {stream.index} ({stream.codec}) has {stream.channels} "
+                          f"channels, over the limit of {cfg.max_audio_channels} (ingestion.max_audio_channels)")
+    return None
+
+
+def _choose_audio_within_limits(streams: list[StreamInfo], cfg: IngestConfig) -> StreamInfo | None:
+    """The documented audio choice among the streams within the limits; raises the limit of the best
+    stream when every stream breaks one."""
+    usable = [s for s in streams if _audio_limit_error(cfg, s) is None]
+    if streams and not usable:
+        raise _audio_limit_error(cfg, choose_audio(streams))
+    return choose_audio(usable)
+
+
+def _record_limit_error(record: dict[str, Any], cfg: IngestConfig) -> MediaError | None:
+    """Limits checked again on a shard that is up to date (they may have been tightened since)."""
+    error = _limit_error(cfg, record["width"], record["height"], record["duration_s"])
+    if error is None and record.get("audio_rate"):
+        stream = StreamInfo(record["audio_stream"], "audio", record["audio_codec"], False,
+                            sample_rate=record["audio_rate"], channels=record["audio_channels"])
+        error = _audio_limit_error(cfg, stream)
+    return error
+
+
+def _measure_extent(container, video: StreamInfo, t_zero: float, cfg: IngestConfig) -> Extent:
+    """The video's length from its packets: the last seconds before the declared end when it is
+    declared and they agree with it, else the whole stream (see `decode.scan_extent`)."""
+    dt = frame_interval(container.streams[video.index])
+    declared = video.declared_duration
+    if declared and declared > 0:
+        tail = scan_extent(container, video.index, t_zero, max(0.0, declared - 10.0), cfg.max_timestamp_gap_s, dt)
+        if tail.gap is None and abs(tail.duration - declared) <= max(0.01 * declared, 1.0):
+            return tail
+    return scan_extent(container, video.index, t_zero, 0.0, cfg.max_timestamp_gap_s, dt)
+
+
+def _decode_clips(path: Path, video: StreamInfo, audio: StreamInfo | None, extent: Extent, cfg: IngestConfig):
+    """Place clips on the measured extent and decode their frames and audio windows.
+    Returns (plan, decoded, frames [T*F, H, W, 3] in clip order)."""
+    plan = C.plan_clips(extent.duration, cfg.span, cfg.clips_per_video, cfg.placement, cfg.short_video_policy)
     times = C.frame_times(plan.starts, cfg.frames_per_clip, cfg.frame_stride, cfg.fps).ravel()
     order = np.argsort(times, kind="stable")
-    decoded = decode(source, video_index, audio_index, times[order], cfg.short_side, cfg.decoder_threads)
+    windows = A.clip_audio_windows(plan.starts, cfg.mel) if audio is not None else None
+    decoded = decode(path, video.index, audio and audio.index, times[order], cfg.short_side, cfg.decoder_threads,
+                     audio_windows=windows, seek_gap_s=cfg.seek_gap_s, end_s=extent.duration,
+                     max_gap_s=cfg.max_timestamp_gap_s, max_pixels=cfg.max_pixels, resample_to=cfg.sample_rate)
     if decoded.frames is None:
         return plan, decoded, None
     frames = np.empty_like(decoded.frames)
@@ -180,54 +296,75 @@ def _decode_clips(source, video_index: int, audio_index: int | None, duration: f
     return plan, decoded, frames
 
 
+def _worst_lag(plan: C.ClipPlan, decoded: Decoded, cfg: IngestConfig) -> float:
+    """How far (seconds) before its target instant the frame used for it lies, at worst."""
+    times = C.frame_times(plan.starts, cfg.frames_per_clip, cfg.frame_stride, cfg.fps).ravel()
+    return float(np.max(times - decoded.frame_source_times)) if decoded.frame_source_times.size else 0.0
+
+
 def _ingest_media(path: Path, cfg: IngestConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Decode one file into shard tensors and the media part of its manifest row (raises MediaError)."""
     with open_container(path) as container:
         info = probe(container)
-        video, audio = choose_video(info.video), choose_audio(info.audio)
+        video = choose_video(info.video)
         if video is None:
-            what = f"; it has audio ({audio.codec}, {audio.sample_rate} Hz)" if audio else ""
+            what = f"; it has audio ({info.audio[0].codec}, {info.audio[0].sample_rate} Hz)" if info.audio else ""
             raise MediaError("no_video_stream", f"no video stream{what}")
+        if (error := _limit_error(cfg, video.width, video.height, None)) is not None:
+            raise error
+        audio = _choose_audio_within_limits(info.audio, cfg)
         if audio is None and cfg.missing_audio == "reject":
             raise MediaError("no_audio_stream", "no audio stream (set ingestion.missing_audio: silence to keep it)")
-        audio_index = audio and audio.index
+        set_decoder_threads(container, video.index, cfg.decoder_threads)
+        t_zero = first_frame_time(container, video.index)
+        if t_zero is None:
+            raise MediaError("decode_error", "no video frame could be decoded")
+        extent = _measure_extent(container, video, t_zero, cfg)
         declared = video.declared_duration
-        duration = declared
-        if not duration or duration <= 0:  # unknown: measure with a first pass that converts no frame
-            duration = decode(container, video.index, None, None, cfg.short_side, cfg.decoder_threads).video_duration
-            container = path  # the next pass opens the file again
+        if extent.gap is None and declared and extent.duration < cfg.min_decoded_fraction * declared:
+            raise MediaError("truncated", f"the video's packets end at {extent.duration:.2f} s of a declared "
+                             f"{declared:.2f} s")
+        if (error := _limit_error(cfg, video.width, video.height, extent.duration)) is not None:
+            raise error
         try:
-            plan, decoded, frames = _decode_clips(container, video.index, audio_index, duration, cfg)
-            if decoded.n_video_frames == 0:
-                raise MediaError("decode_error", decoded.decode_error or "no video frame could be decoded")
-            actual = decoded.video_duration
-            if declared and actual < cfg.min_decoded_fraction * declared:
-                why = f" ({decoded.decode_error})" if decoded.decode_error else ""
-                raise MediaError("truncated", f"decoded {actual:.2f} s of a declared {declared:.2f} s{why}")
-            if abs(actual - duration) > max(0.01 * actual, 1.5 / cfg.fps):  # metadata was wrong: place again
-                plan, decoded, frames = _decode_clips(path, video.index, audio_index, actual, cfg)
+            plan, decoded, frames = _decode_clips(path, video, audio, extent, cfg)
+            lag = _worst_lag(plan, decoded, cfg) if frames is not None else 0.0
+            if (lag > cfg.max_timestamp_gap_s or decoded.timestamp_gap) and extent.scanned_from > 0:
+                # A hole inside the video that its end did not show: measure the whole stream, place again.
+                extent = scan_extent(container, video.index, t_zero, 0.0, cfg.max_timestamp_gap_s,
+                                     frame_interval(container.streams[video.index]))
+                plan, decoded, frames = _decode_clips(path, video, audio, extent, cfg)
+                lag = _worst_lag(plan, decoded, cfg) if frames is not None else 0.0
         except C.ClipPlacementError as exc:
             raise MediaError("too_short", str(exc)) from None
+        if decoded.n_video_frames == 0 or frames is None:
+            raise MediaError("decode_error", decoded.decode_error or "no video frame could be decoded")
+        if decoded.decode_error and lag > max(1.0, 2 * cfg.frame_stride / cfg.fps):
+            raise MediaError("truncated", f"decoding failed {lag:.2f} s before a clip's frame "
+                             f"({decoded.decode_error})")
 
     T, F = cfg.clips_per_video, cfg.frames_per_clip
     frames = frames.reshape(T, F, *frames.shape[1:])
     frames[~plan.mask] = 0
     mel = cfg.mel
-    if decoded.audio is not None and decoded.audio.size:
-        track = A.resample(decoded.audio, decoded.audio_rate, mel.sample_rate)
-    elif cfg.missing_audio == "silence":
-        track = np.zeros(0, dtype=np.float32)
-    else:
-        raise MediaError("no_audio_stream", f"audio stream {audio.index} ({audio.codec}) has no decodable samples")
-    windows = A.clip_windows(track, plan.starts, mel)
+    collector = decoded.audio if audio is not None and decoded.audio is not None and decoded.audio.written else None
+    audio_error = decoded.audio_error
+    if audio is not None and collector is None:
+        audio_error = audio_error or f"audio stream {audio.index} ({audio.codec}) has no decodable samples"
+        if cfg.missing_audio != "silence":
+            raise MediaError("no_audio_stream", f"{audio_error} (set ingestion.missing_audio: silence to keep the "
+                             "video with a silent track)")
+    windows = A.clip_windows_from(collector, plan.starts, mel)
     log_mel = A.log_mel(windows, mel)
     log_mel[~plan.mask] = np.log(mel.log_offset)
     level = A.rms_dbfs(windows[plan.mask])
     last_end = float(plan.starts[plan.mask][-1] + cfg.span)
+    audio_end = collector.end / collector.rate if collector is not None else 0.0
+    went_through = decoded.seeks == 0
     record = {
         "container": info.format_name,
-        "duration_s": round(decoded.video_duration, 6),
-        "fps": round(decoded.n_video_frames / decoded.video_duration, 6),
+        "duration_s": round(extent.duration, 6),
+        "fps": round(decoded.n_video_frames / decoded.video_duration if went_through else video.fps, 6),
         "declared_fps": round(video.fps, 6),
         "width": video.height if decoded.rotation in (90, 270) else video.width,
         "height": video.width if decoded.rotation in (90, 270) else video.height,
@@ -240,16 +377,19 @@ def _ingest_media(path: Path, cfg: IngestConfig) -> tuple[dict[str, np.ndarray],
         "n_audio_streams": len(info.audio),
         "audio_rate": audio.sample_rate if audio else None,
         "audio_channels": audio.channels if audio else None,
-        "audio_duration_s": round(len(track) / mel.sample_rate, 6),
+        "audio_duration_s": round(audio_end, 6),
         "audio_level_db": round(level, 2) if np.isfinite(level) else None,
         "n_clips": plan.n_real,
         "silent_audio": bool(level < cfg.silence_threshold_db),
-        "audio_synthesized": audio is None,
+        "audio_synthesized": collector is None,
+        "audio_error": audio_error,
         "clips_overlap": plan.overlapping,
         "clips_padded": bool(plan.n_real < T),
         "frames_held": int(decoded.held_targets),
-        "audio_padded": bool(len(track) / mel.sample_rate < last_end - 1.0 / cfg.fps),
+        "audio_padded": bool(collector is not None and audio_end < last_end - 1.0 / cfg.fps),
         "timestamp_warnings": len(decoded.warnings),
+        "timestamp_gap_s": round(extent.gap[1] - extent.gap[0], 3) if extent.gap else None,
+        "decode_seeks": decoded.seeks,
         "decode_warning": decoded.decode_error,
     }
     tensors = {
@@ -262,46 +402,79 @@ def _ingest_media(path: Path, cfg: IngestConfig) -> tuple[dict[str, np.ndarray],
     return tensors, record
 
 
+def _reject(row: dict[str, Any], code: str, detail: str) -> tuple[str, dict[str, Any]]:
+    return "rejected", {"video_id": row["video_id"], "source_path": row["source_path"], "reason": code, "detail": detail}
+
+
+def _skip_if_current(meta: dict[str, str] | None, labels: dict[str, Any], cfg: IngestConfig):
+    record = {**json.loads(meta["record"]), **labels}
+    if (error := _record_limit_error(record, cfg)) is not None:
+        raise error
+    return "skipped", record
+
+
 def ingest_video(row: dict[str, Any], cfg: IngestConfig) -> tuple[str, dict[str, Any]]:
     """Ingest one video of the index. Returns ("accepted" | "skipped", manifest row) or ("rejected", reject row)."""
-    vid, path = row["video_id"], Path(row["path"])
+    vid, path = row["video_id"], Path(row["path"]) if row.get("path") else None
     labels = {"video_id": vid, "source_path": row["source_path"], "label": row.get("label"), "split": row.get("split")}
     try:
+        if row.get("reject_reason"):
+            return _reject(row, row["reject_reason"], row.get("reject_detail") or "")
         check_file(path)
-        digest = content_hash(path)
         shard = cfg.shard_path(vid)
-        record = _up_to_date_record(shard, digest, cfg)
-        if record is not None:
-            return "skipped", {**record, **labels}
+        meta = read_metadata(shard)
+        current = meta is not None and meta.get("params_hash") == cfg.params_hash
+        stamp = fingerprint(path)
+        if current and meta.get("fingerprint") == stamp:
+            return _skip_if_current(meta, labels, cfg)
+        if current:  # touched, or changed: FFmpeg looks at it first, then the contents decide
+            open_container(path).close()
+            if content_hash(path) == meta.get("content_hash"):
+                return _skip_if_current(meta, labels, cfg)
         tensors, media = _ingest_media(path, cfg)
+        digest = content_hash(path)
         record = {**labels, "content_hash": digest, **media, "clips_per_video": cfg.clips_per_video,
                   "shard_path": shard.as_posix(), "params_hash": cfg.params_hash}
         record["shard_bytes"] = int(sum(t.nbytes for t in tensors.values()))
-        write_shard(shard, tensors, {"video_id": vid, "content_hash": digest, "params_hash": cfg.params_hash,
-                                     "record": json.dumps(record)})
+        write_shard(shard, tensors, {"video_id": vid, "content_hash": digest, "fingerprint": stamp,
+                                     "params_hash": cfg.params_hash, "record": json.dumps(record)})
         return "accepted", record
     except MediaError as exc:
-        return "rejected", {"video_id": vid, "source_path": row["source_path"], "reason": exc.code, "detail": exc.detail}
+        return _reject(row, exc.code, exc.detail)
+    except WriteError as exc:  # a full disk is not the video's fault: the run stops (see _ingest_rows)
+        return "write_error", {"error": exc}
     except Exception as exc:  # noqa: BLE001 - one bad video must not stop the run
         logger.debug("internal error on %s:\n%s", path, traceback.format_exc())
-        return "rejected", {"video_id": vid, "source_path": row["source_path"], "reason": "internal_error",
-                            "detail": f"{type(exc).__name__}: {exc}"}
-
-
-@contextlib.contextmanager
-def _one_torch_thread():
-    """Per-video tensors are small: torch's thread pool only adds overhead (and workers already run
-    one per core), so ingestion runs torch on one thread, then restores the setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        return _reject(row, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
 def _init_worker() -> None:
+    """Per-video tensors are small: torch's thread pool only adds overhead (and workers already run
+    one per core)."""
     torch.set_num_threads(1)
+
+
+def _ingest_rows(index: pd.DataFrame, cfg: IngestConfig) -> list[tuple[str, dict]]:
+    """`ingest_video` over the index's rows in supervised workers, longest file first."""
+    remove_stale_temporaries(cfg.shard_dir)
+    rows = index.to_dict("records")
+    rows.sort(key=lambda r: os.path.getsize(r["path"]) if r.get("path") and os.path.isfile(r["path"]) else 0,
+              reverse=True)  # so that no worker is left with a long video at the end
+    workers = _worker_count(cfg, len(rows))
+    results: list[tuple[str, dict]] = []
+    bar = tqdm(total=len(rows), desc=f"ingesting ({workers} worker{'s' if workers > 1 else ''})", unit="video",
+               disable=not cfg.progress)
+    run = run_supervised(functools.partial(ingest_video, cfg=cfg), rows, workers, timeout_s=cfg.file_timeout_s,
+                         memory_limit_mb=cfg.worker_memory_mb, initializer=_init_worker)
+    with contextlib.closing(run), bar:
+        for i, result in run:
+            if isinstance(result, TaskFailure):
+                result = _failure_reject(rows[i], result)
+            elif result[0] == "write_error":
+                raise result[1]["error"]
+            results.append(result)
+            bar.update()
+    return results
 
 
 def _worker_count(cfg: IngestConfig, n_videos: int) -> int:
@@ -309,48 +482,43 @@ def _worker_count(cfg: IngestConfig, n_videos: int) -> int:
     return max(1, min(workers, n_videos))
 
 
+_LIMIT_PARAMETER = {"timeout": "ingestion.file_timeout_s", "memory_limit": "ingestion.worker_memory_mb"}
+
+
+def _failure_reject(row: dict[str, Any], failure: TaskFailure) -> tuple[str, dict[str, Any]]:
+    where = _LIMIT_PARAMETER.get(failure.reason)
+    return _reject(row, failure.reason, f"{failure.detail} ({where})" if where else failure.detail)
+
+
 def ingest_all(index: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """Ingest every video of `index` (from `folder.build_index`), in parallel over videos.
 
+    Each video runs in a supervised worker (`workers.run_supervised`): one that dies, overruns
+    `file_timeout_s` or goes over `worker_memory_mb` is a rejects row, and a fresh worker goes on.
     Returns the manifest (one row per accepted video, sorted by video_id), the rejects table and
     counts of accepted (newly written), skipped (shard up to date) and rejected videos.
     """
     if index.empty:
-        raise ValueError("no media files to ingest: the video folder has none (check ingestion.source_dir)")
-    Path(cfg.shard_dir).mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(cfg.shard_dir)
-    rows = index.to_dict("records")
-    # Longest first (by file size), so that no worker is left with a long video at the end.
-    rows.sort(key=lambda r: os.path.getsize(r["path"]) if os.path.isfile(r["path"]) else 0, reverse=True)
-    workers = _worker_count(cfg, len(rows))
-    results: list[tuple[str, dict]] = []
-    bar = tqdm(total=len(rows), desc=f"ingesting ({workers} worker{'s' if workers > 1 else ''})", unit="video",
-               disable=not cfg.progress)
-    if workers == 1:
-        with _one_torch_thread():
-            for row in rows:
-                results.append(ingest_video(row, cfg))
-                bar.update()
-    else:
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            for future in as_completed([pool.submit(ingest_video, row, cfg) for row in rows]):
-                results.append(future.result())
-                bar.update()
-    bar.close()
-
-    for status, rec in results:
-        if status == "rejected":
-            logger.warning("rejected %s: %s (%s)", rec["source_path"], rec["reason"], rec["detail"])
-    accepted = [rec for status, rec in results if status != "rejected"]
-    manifest = pd.DataFrame(accepted).sort_values("video_id", ignore_index=True) if accepted else pd.DataFrame()
-    rejects = pd.DataFrame([rec for status, rec in results if status == "rejected"], columns=list(REJECT_COLUMNS))
-    rejects = rejects.sort_values("source_path", ignore_index=True)
-    if cfg.prune_stale_shards:
-        keep = {f"{v}{SHARD_SUFFIX}" for v in manifest.get("video_id", [])}
-        for shard in Path(cfg.shard_dir).glob(f"*{SHARD_SUFFIX}"):
-            if shard.name not in keep:
-                shard.unlink()
+        raise ValueError("no media files to ingest: the video index is empty")
+    shard_dir = Path(cfg.shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    # One ingestion at a time per shard folder: a second run waits (PEMT_LOCK_WAIT_S) or stops, so
+    # that no run prunes the shards another is writing.
+    with exclusive(shard_dir.with_name(shard_dir.name + ".lock"), f"the shard folder {str(shard_dir)!r}",
+                   wait_seconds(), hint=f"set {WAIT_ENV}=<seconds> to wait for it"):
+        results = _ingest_rows(index, cfg)
+        for status, rec in results:
+            if status == "rejected":
+                logger.warning("rejected %s: %s (%s)", rec["source_path"], rec["reason"], rec["detail"])
+        accepted = [rec for status, rec in results if status != "rejected"]
+        manifest = pd.DataFrame(accepted).sort_values("video_id", ignore_index=True) if accepted else pd.DataFrame()
+        rejects = pd.DataFrame([rec for status, rec in results if status == "rejected"], columns=list(REJECT_COLUMNS))
+        rejects = rejects.sort_values("source_path", ignore_index=True)
+        if cfg.prune_stale_shards:
+            keep = {f"{v}{SHARD_SUFFIX}" for v in manifest.get("video_id", [])}
+            for shard in shard_dir.glob(f"*{SHARD_SUFFIX}"):
+                if shard.name not in keep:
+                    shard.unlink()
     counts = {s: sum(1 for status, _ in results if status == s) for s in ("accepted", "skipped", "rejected")}
     logger.info("ingestion: %(accepted)d written, %(skipped)d up to date, %(rejected)d rejected", counts)
     return manifest, rejects, counts

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
+
+from pemt_pipeline.atomic import atomic_path, remove_stale_temporaries  # noqa: F401 - the latter for ingest
 
 SHARD_FORMAT = "pemt-shard/1"
 SHARD_SUFFIX = ".safetensors"
@@ -28,17 +29,11 @@ TENSOR_NAMES = ("frames", "log_mel", "clip_start", "frame_time", "clip_mask")
 
 
 def write_shard(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> int:
-    """Write atomically: a temporary file in the same folder, then rename. Returns the size in bytes."""
+    """Write atomically (`pemt_pipeline.atomic`: temporary file, fsync, rename). Returns the size in bytes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata={"format": SHARD_FORMAT, **metadata})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+                  metadata={"format": SHARD_FORMAT, **metadata})
     return path.stat().st_size
 
 
@@ -64,15 +59,6 @@ def load_shard(path: str | os.PathLike, names: tuple[str, ...] = TENSOR_NAMES, c
         for name in names:
             out[name] = f.get_slice(name)[clips] if clips is not None else f.get_tensor(name)
     return out
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete temporary files a killed run left behind; returns how many."""
-    removed = 0
-    for tmp in Path(folder).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-        removed += 1
-    return removed
 
 
 class ShardStore:

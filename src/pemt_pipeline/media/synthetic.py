@@ -39,8 +39,9 @@ with single-threaded x264, so the same :class:`DemoConfig` gives byte-identical 
 
 from __future__ import annotations
 
-import io
 import math
+import os
+import tempfile
 import numbers
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -192,8 +193,12 @@ class DemoConfig:
             value = getattr(self, name)
             if not _is_a(value, kind) or not ok(value):
                 raise ValueError(
-                    f"DemoConfig.{name} must be {expected} ({kind.__name__}), got {value!r}"
+                    f"parameter demo_data.{name} must be {expected} ({kind.__name__}), got {value!r}"
                 )
+
+    def validate(self) -> None:
+        """The construction checks (ranges of every field), for `from_params`' validate convention."""
+        self.__post_init__()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> DemoConfig:
@@ -521,9 +526,17 @@ def _pan_gains(x01: np.ndarray) -> np.ndarray:
 
 def _encode_mp4(cfg: DemoConfig, frame_batches: Iterator[np.ndarray], audio: np.ndarray) -> bytes:
     """Mux H.264 (yuv420p, single-threaded x264) and stereo AAC into MP4 bytes,
-    interleaving audio with video by time."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
+    interleaving audio with video by time. The muxer writes a temporary file through FFmpeg's own
+    file I/O (it seeks back to patch box sizes), not through a Python file object."""
+    with tempfile.TemporaryDirectory(prefix="pemt-demo-") as tmp:
+        path = os.path.join(tmp, "video.mp4")
+        _mux_mp4(path, cfg, frame_batches, audio)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _mux_mp4(path: str, cfg: DemoConfig, frame_batches: Iterator[np.ndarray], audio: np.ndarray) -> None:
+    with av.open(path, "w", format="mp4") as out:
         vs = out.add_stream("libx264", rate=cfg.fps,
                             options={"preset": cfg.preset, "crf": str(cfg.crf), "threads": "1"})
         vs.width, vs.height, vs.pix_fmt = cfg.width, cfg.height, "yuv420p"
@@ -543,7 +556,6 @@ def _encode_mp4(cfg: DemoConfig, frame_batches: Iterator[np.ndarray], audio: np.
         _encode_audio(out, aus, audio, n_written, audio.shape[1], cfg.sample_rate, final=True)
         out.mux(vs.encode(None))
         out.mux(aus.encode(None))
-    return buf.getvalue()
 
 
 def _encode_audio(out: Any, stream: Any, audio: np.ndarray, start: int, upto: int, sr: int,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import above, at_least, between, each, from_params, one_of, require
 
 FUSIONS = ("early", "mid", "late")
 TRANSFORMER_SHARING = ("none", "full", "lowrank")
@@ -24,11 +24,23 @@ class _ResNetConfig:
     def out_dim(self) -> int:
         return self.width * 2 ** (len(self.depths) - 1) * 4
 
+    SECTION = "model.cnn"
+
+    def validate(self) -> None:
+        """Sizes >= 1 and one per-stage value per stage; ValueError naming `model.<cnn>.<key>`."""
+        one, stages = at_least(1), len(self.depths)
+        per_stage = {name: ((lambda v: len(v) == stages and all(x >= 1 for x in v)),
+                            f"a list of {stages} values >= 1 (one per stage of depths)")
+                     for name in ("temporal_kernels", "strides") if hasattr(self, name)}
+        kernels = {name: one for name in ("stem_temporal_kernel", "stem_kernel", "in_channels") if hasattr(self, name)}
+        require(self.SECTION, self, width=one, depths=each(one), **kernels, **per_stage)
+
 
 @dataclass
 class VisualCNNConfig(_ResNetConfig):
     """3D ResNet (single pathway, bottleneck). Defaults: ResNet-50, width 64 -> 2048-d clips."""
 
+    SECTION = "model.visual"
     width: int = 64
     depths: tuple[int, ...] = (3, 4, 6, 3)
     stem_temporal_kernel: int = 5
@@ -41,6 +53,7 @@ class AudioCNNConfig(_ResNetConfig):
     """2D ResNet over log-mel spectrograms, every k x k conv separable (k x 1 then 1 x k).
     Defaults: ResNet-50, width 32 -> 1024-d clips."""
 
+    SECTION = "model.audio"
     width: int = 32
     depths: tuple[int, ...] = (3, 4, 6, 3)
     strides: tuple[int, ...] = (2, 2, 2, 2)  # stride of each stage (the stem keeps full size)
@@ -60,6 +73,14 @@ class TransformerConfig:
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02  # normal init of linear and embedding weights (BERT)
 
+    def validate(self) -> None:
+        """Sizes and rates; ValueError naming `model.transformer.<key>`."""
+        one, rate = at_least(1), between(0, 1, high_open=True)
+        require("model.transformer", self, hidden=one, n_layers=one, n_heads=one, ffn=one, dropout=rate,
+                attention_dropout=rate, layer_norm_eps=above(0), init_std=above(0))
+        if self.hidden % self.n_heads:
+            raise ValueError(f"model.transformer.hidden {self.hidden} is not divisible by n_heads {self.n_heads}")
+
 
 @dataclass
 class ModelConfig:
@@ -76,21 +97,15 @@ class ModelConfig:
     max_clips: int = 10  # T, longest clip sequence (position embeddings hold max_clips + 1)
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("fusion", self.fusion, FUSIONS),
-            ("share_transformers", self.share_transformers, TRANSFORMER_SHARING),
-            ("orthogonal_map", self.orthogonal_map, ORTHOGONAL_MAPS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"model.{name}={value!r}, expected one of {allowed}")
-        t = self.transformer
-        if t.hidden % t.n_heads:
-            raise ValueError(f"hidden {t.hidden} is not divisible by n_heads {t.n_heads}")
-        for name, cnn in (("visual", self.visual), ("audio", self.audio)):
-            n = len(cnn.depths)
-            other = cnn.temporal_kernels if name == "visual" else cnn.strides
-            if len(other) != n:
-                raise ValueError(f"model.{name}: {len(other)} per-stage values for {n} stages")
+        self.validate()
+
+    def validate(self) -> None:
+        """Choices and sizes, then each part's `validate()`; ValueError naming `model.<key>`."""
+        require("model", self, fusion=one_of(FUSIONS), share_layers=(lambda v: isinstance(v, bool), "true or false"),
+                share_transformers=one_of(TRANSFORMER_SHARING), orthogonal_map=one_of(ORTHOGONAL_MAPS),
+                rank=at_least(1), max_clips=at_least(1))
+        for part in (self.visual, self.audio, self.transformer):
+            part.validate()
 
     @property
     def transformer_names(self) -> tuple[str, ...]:
@@ -103,11 +118,11 @@ class ModelConfig:
         """Build from the YAML `model:` block (missing keys keep their defaults)."""
         d = dict(d)
         parts = {
-            key: from_params(sub, d.pop(key, None) or {})
+            key: from_params(sub, d.pop(key, None) or {}, f"model.{key}")
             for key, sub in (("visual", VisualCNNConfig), ("audio", AudioCNNConfig),
                              ("transformer", TransformerConfig))
         }
-        return from_params(cls, d, **parts)
+        return from_params(cls, d, "model", **parts)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

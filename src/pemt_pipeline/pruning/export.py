@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from pemt_pipeline.atomic import atomic_open
 from pemt_pipeline.models import ModelConfig, PEMTModel
 
 from . import linears
@@ -109,7 +110,14 @@ class PrunedConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PrunedConfig:
-        return cls(ModelConfig.from_dict(d["model"]), d["architecture"])
+        cfg = cls(ModelConfig.from_dict(d["model"]), d["architecture"])
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """The model's checks, then the architecture against it (ValueError naming what is wrong)."""
+        self.model.validate()
+        validate_architecture(self.model, self.architecture)
 
 
 class PrunedModel(StreamModel):
@@ -154,16 +162,16 @@ def export(gated: GatedModel) -> PrunedModel:
 
 def save_pruned(model: PrunedModel, path: str | os.PathLike,
                 cpp_head: nn.Module | None = None) -> Path:
-    """Atomically write {"format", "model": state dict, "model_config", "architecture",
-    "cpp_head" (optional)}: tensors and plain Python values only (the layout of a model file,
-    training.checkpoint.export_model, plus the architecture)."""
-    from pemt_pipeline.training.checkpoint import save_checkpoint
-
+    """Atomically write (`pemt_pipeline.atomic`) {"format", "model": state dict, "model_config",
+    "architecture", "cpp_head" (optional)}: tensors and plain Python values only (the layout of a
+    model file, training.checkpoint.export_model, plus the architecture)."""
     state = {"format": FORMAT, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
              "architecture": model.architecture(), "step": -1}
     if cpp_head is not None:
         state["cpp_head"] = cpp_head.state_dict()
-    return save_checkpoint(path, state)
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+    return Path(path)
 
 
 def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PrunedModel:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import above, at_least, between, from_params, one_of, optional, require
 from pemt_pipeline.training.data import derive_seed
 
 from .flops import expected_flops, ste_flops, transformer_flops
@@ -45,13 +45,14 @@ class SearchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.flops_target <= 1 or self.steps < 1 or self.flops_weight < 0:
-            raise ValueError("search: need 0 < flops_target <= 1, steps >= 1, flops_weight >= 0")
-        if self.arch_optimizer not in ("adam", "sgd"):
-            raise ValueError(f"search.arch_optimizer must be 'adam' or 'sgd', got "
-                             f"{self.arch_optimizer!r}")
-        if self.penalty not in ("ste", "expected"):
-            raise ValueError(f"search.penalty must be 'ste' or 'expected', got {self.penalty!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Ranges and choices; ValueError naming `pruning.search.<key>`."""
+        require("pruning.search", self, flops_target=between(0, 1, low_open=True), flops_weight=at_least(0),
+                steps=at_least(1), arch_lr=above(0), arch_optimizer=one_of(("adam", "sgd")), lr=at_least(0),
+                weight_decay=at_least(0), clip_grad_norm=(lambda v: v >= 0, ">= 0 (0: no clipping)"),
+                n_clips=optional(at_least(1)), penalty=one_of(("ste", "expected")), seed=at_least(0))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
@@ -65,6 +66,14 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     clip_grad_norm: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Ranges; ValueError naming `pruning.finetune.<key>`."""
+        require("pruning.finetune", self, steps=at_least(1), lr=above(0), weight_decay=at_least(0),
+                clip_grad_norm=(lambda v: v >= 0, ">= 0 (0: no clipping)"), seed=at_least(0))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:

@@ -3,7 +3,8 @@
 `render_report(fusion, pruning)` builds the sections below as one block list (`document`), renders
 it to HTML (figures embedded as base64 PNG, inline CSS, no external asset) and to Markdown
 (figures referenced as ``figures/<name>.png``), and returns both with the PNG bytes and the
-conclusion sentences. `save_report` writes ``<stem>.html``, ``<stem>.md`` and ``figures/*.png``.
+conclusion sentences. `save_report` writes ``<stem>.html``, ``<stem>.md`` and ``figures/*.png``,
+each atomically (`pemt_pipeline.atomic`).
 
 Sections: Setup, Parameters, Training curves, Linear probe, Retrieval, Cost, Pruning (only with
 pruning results; otherwise one line says how to get it), Conclusion.
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pemt_pipeline.atomic import atomic_open, remove_stale_temporaries
 
 from . import figures as figs
 from .conclusion import RULES, draw_conclusion, unshared_reference
@@ -416,37 +418,27 @@ def render_report(fusion: dict, pruning: dict | None = None, title: str = DEFAUL
                   conclusion=conclusion)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def save_report(report: Report, folder: str | os.PathLike, stem: str = "report") -> dict[str, Path]:
-    """Write `<folder>/<stem>.html`, `<stem>.md` and `figures/<name>` (each to a temporary file,
-    then renamed into place; figures first, so the Markdown never points at a missing file).
-    Returns the written paths by role ("html", "markdown", "figure:<name>")."""
+    """Write `<folder>/<stem>.html`, `<stem>.md` and `figures/<name>` (each atomically: temporary
+    file, fsync, rename; figures first, so the Markdown never points at a missing file), after
+    removing the temporaries a killed save left. Returns the written paths by role ("html",
+    "markdown", "figure:<name>")."""
     folder = Path(folder)
     fig_dir = folder / FIGURE_DIR
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    for name, png in report.figures.items():
+    for name in report.figures:
         if Path(name).name != name or not name:
             raise ValueError(f"figure name {name!r} must be a plain file name")
-        _atomic_write(fig_dir / name, png)
+    remove_stale_temporaries(fig_dir)
+    remove_stale_temporaries(folder, (f"{stem}.md", f"{stem}.html"))
+    written: dict[str, Path] = {}
+    for name, png in report.figures.items():
+        with atomic_open(fig_dir / name) as f:
+            f.write(png)
         written[f"figure:{name}"] = fig_dir / name
     for role, suffix, text in (("markdown", ".md", report.markdown),
                                ("html", ".html", report.html)):
         path = folder / f"{stem}{suffix}"
-        _atomic_write(path, text.encode("utf-8"))
+        with atomic_open(path) as f:
+            f.write(text.encode("utf-8"))
         written[role] = path
     return written

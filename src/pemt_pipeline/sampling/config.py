@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import above, at_least, between, check_fields, from_params, one_of, require
 
 VARIANTS = ("similar", "dissimilar", "random")
 TRIMS = ("quantile", "range")
@@ -77,23 +77,18 @@ class NegativeConfig:
     extreme_per_anchor: int = 16
 
     def __post_init__(self) -> None:
-        _choice("variant", self.variant, VARIANTS)
-        _choice("trim", self.trim, TRIMS)
-        _choice("mode", self.mode, MODES)
-        _choice("device", self.device, DEVICES)
-        _choice("index", self.index, INDEXES)
-        for name in ("k", "pilot_size", "n_probe", "oversample", "sample_size", "train_size",
-                     "extreme_anchors", "extreme_per_anchor"):
-            _positive_int(name, getattr(self, name))
-        if not isinstance(self.nlist, int) or self.nlist < 0:
-            raise ValueError(f"NegativeConfig.nlist must be an int >= 0 (0 = auto), got {self.nlist!r}")
-        if not 0.0 < float(self.interval) <= 1.0:
-            raise ValueError(f"NegativeConfig.interval must be in (0, 1], got {self.interval!r}")
-        for name in ("max_block_mb", "device_cache_mb"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"NegativeConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        if not 0.0 <= float(self.eps) <= 1.0:
-            raise ValueError(f"NegativeConfig.eps must be in [0, 1], got {self.eps!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Types, choices and ranges; ValueError naming `negatives.<key>`."""
+        check_fields("negatives", self)  # types first: this config is also built by hand
+        count = at_least(1)
+        require("negatives", self, variant=one_of(VARIANTS), trim=one_of(TRIMS), mode=one_of(MODES),
+                device=one_of(DEVICES), index=one_of(INDEXES), k=count, pilot_size=count, n_probe=count,
+                oversample=count, sample_size=count, train_size=count, extreme_anchors=count,
+                extreme_per_anchor=count, nlist=(lambda v: v >= 0, ">= 0 (0 = automatic)"),
+                interval=between(0, 1, low_open=True), max_block_mb=above(0), device_cache_mb=above(0),
+                eps=between(0, 1), seed=at_least(0))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> NegativeConfig:
@@ -102,16 +97,6 @@ class NegativeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"NegativeConfig.{name} must be one of {allowed}, got {value!r}")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"NegativeConfig.{name} must be an int >= 1, got {value!r}")
 
 
 def embedding_space(visual: np.ndarray, audio: np.ndarray, space: str) -> np.ndarray:

@@ -3,28 +3,30 @@
 A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so loading one
 runs no code: ``step``, ``model``, ``objective``, ``optimizer``, ``scheduler``, ``sampler``, ``rng``
 (torch CPU/CUDA generator states, NumPy's and Python's), ``config`` (the training parameters) and
-``model_config``. It is written to a temporary file in the same folder, flushed to disk, then renamed
-over the previous one, so a run killed at any moment (SIGKILL included) leaves the last complete
-checkpoint in place.
+``model_config``. It is written through `pemt_pipeline.atomic` (a temporary file in the same folder,
+flushed to disk, then renamed over the previous one), so a run killed at any moment (SIGKILL
+included) or a full disk leaves the last complete checkpoint in place. A checkpoint of other
+parameters is set aside under a name of its own (`set_aside`), never overwritten.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pemt_pipeline.atomic import atomic_open
 from pemt_pipeline.models import ModelConfig, PEMTModel
 from pemt_pipeline.training.losses import CPPHead
 
 LAST = "last.pt"
-STALE = "stale.pt"  # a checkpoint of a run with other parameters, set aside
+STALE = "stale-*.pt"  # (glob) checkpoints of runs with other parameters, set aside by `set_aside`
 
 
 def rng_state() -> dict[str, Any]:
@@ -61,20 +63,37 @@ def _python_state_from_tensor(state: dict[str, Any]) -> tuple:
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
-    """Write atomically (temporary file, fsync, rename)."""
+    """Write atomically (`pemt_pipeline.atomic`: temporary file, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(checkpoint, f)
     return path
+
+
+def set_aside(path: str | os.PathLike, step: int) -> Path:
+    """Move the checkpoint `path` (at training step `step`) to ``stale-<UTC time>-step<step>.pt``
+    in its folder, with a counter when that name is taken: an earlier one is never overwritten."""
+    path = Path(path)
+    stem = f"stale-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-step{step}"
+    target, n = path.with_name(f"{stem}.pt"), 1
+    while os.path.lexists(target):
+        target, n = path.with_name(f"{stem}-{n}.pt"), n + 1
+    os.rename(path, target)
+    return target
+
+
+def config_differences(written: dict[str, Any], current: dict[str, Any],
+                       prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, written value, current value) for each parameter that differs between two nested
+    dicts (None for a key one of them lacks), e.g. [("training.lr", 0.001, 0.002)]."""
+    out = []
+    for key in sorted(set(written) | set(current), key=str):
+        a, b = written.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b or (key in written) != (key in current):
+            out.append((f"{prefix}{key}", a, b))
+    return out
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -129,9 +148,3 @@ def trained_from_state(state: dict[str, Any], source: str) -> TrainedModel:
         cpp.load_state_dict(head)
         cpp.eval()
     return TrainedModel(model, cpp)
-
-
-def remove_temporaries(folder: str | os.PathLike) -> None:
-    """Delete partial files a killed writer left behind."""
-    for tmp in Path(folder).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)

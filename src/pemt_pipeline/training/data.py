@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, normalize_video, video_clips
 from pemt_pipeline.media.shards import load_shard
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import above, at_least, between, from_params, require
 
 SHARD_TENSORS = ("frames", "log_mel", "clip_mask")  # the only tensors training reads
 VARIANTS = ("content", "random")
@@ -72,14 +72,15 @@ class AugmentConfig:
     std: float = VIDEO_STD
 
     def __post_init__(self) -> None:
-        lo, hi = self.short_side_range
-        if not 1 <= self.crop <= lo <= hi:
-            raise ValueError("augment: need 1 <= crop <= min <= max of short_side_range, got "
-                             f"crop={self.crop}, short_side_range={self.short_side_range}")
-        if not (0 <= self.flip <= 1 and 0 <= self.freq_mask < 1 and 0 <= self.time_mask < 1):
-            raise ValueError("augment: flip must be in [0, 1], freq_mask and time_mask in [0, 1)")
-        if self.frame_jitter < 0 or self.std <= 0:
-            raise ValueError("augment: frame_jitter must be >= 0 and std > 0")
+        self.validate()
+
+    def validate(self) -> None:
+        """Ranges; ValueError naming `training.augment.<key>`."""
+        require("training.augment", self, crop=at_least(1),
+                short_side_range=((lambda v: len(v) == 2 and self.crop <= v[0] <= v[1]),
+                                  f"[min, max] with crop ({self.crop}) <= min <= max"),
+                flip=between(0, 1), frame_jitter=at_least(0), freq_mask=between(0, 1, high_open=True),
+                time_mask=between(0, 1, high_open=True), std=above(0))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:

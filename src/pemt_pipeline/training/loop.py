@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -28,16 +27,18 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import (DEVICE, NON_EMPTY, above, at_least, between, each, from_params, one_of, optional,
+                                   require)
 from pemt_pipeline.features.embed import resolve_device
 from pemt_pipeline.models import ModelConfig, PEMTModel
+from pemt_pipeline.atomic import remove_stale_temporaries
 from pemt_pipeline.training.checkpoint import (
     LAST,
-    STALE,
+    config_differences,
     load_checkpoint,
-    remove_temporaries,
     rng_state,
     save_checkpoint,
+    set_aside,
     set_rng_state,
 )
 from pemt_pipeline.training.data import VARIANTS as BATCH_VARIANTS
@@ -84,13 +85,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> TrainConfig:
-        cfg = from_params(cls, params, "training")
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "nproc_per_node", "nnodes"):
-            if getattr(cfg, name) < 1:
-                raise ValueError(f"training.{name} must be >= 1, got {getattr(cfg, name)}")
-        if cfg.negatives not in BATCH_VARIANTS:
-            raise ValueError(f"training.negatives must be one of {BATCH_VARIANTS}, got {cfg.negatives!r}")
-        return cfg
+        return from_params(cls, params, "training")  # type checks, then validate()
+
+    def validate(self) -> None:
+        one = at_least(1)
+        require("training", self, steps=one, batch_size=one, grad_accum=one, checkpoint_every=one, log_every=one,
+                nproc_per_node=one, nnodes=one, batches_per_epoch=optional(one), lr=above(0),
+                weight_decay=at_least(0), warmup_steps=at_least(0), min_lr_ratio=between(0, 1),
+                clip_grad_norm=above(0), seed=at_least(0), splits=each(NON_EMPTY), negatives=one_of(BATCH_VARIANTS),
+                device=DEVICE, num_workers=at_least(0), backend=one_of(("auto", "nccl", "gloo")),
+                rdzv_endpoint=(lambda v: v.rpartition(":")[0] != "" and v.rpartition(":")[2].isdigit(), "host:port"),
+                checkpoint_dir=NON_EMPTY, dvclive_dir=NON_EMPTY)
 
     @property
     def world_size(self) -> int:
@@ -246,13 +251,19 @@ def run_training(inputs: TrainInputs, ctx: _Context | None = None) -> dict[str, 
     ckpt_dir = Path(cfg.checkpoint_dir)
     step, resumed_from = 0, None
     ckpt = load_checkpoint(ckpt_dir / LAST) if cfg.resume and (ckpt_dir / LAST).is_file() else None
-    if ckpt is not None and (ckpt.get("config") != cfg.identity() or ckpt.get("model_config") != model_cfg.to_dict()
-                             or ckpt.get("data") != inputs.fingerprint):
-        logger.warning("%s was written with other parameters or data: starting afresh (it is kept as %s)",
-                       ckpt_dir / LAST, ckpt_dir / STALE)
-        if ctx.main:
-            os.replace(ckpt_dir / LAST, ckpt_dir / STALE)
-        ckpt = None
+    if ckpt is not None:
+        differ = [f"{key} ({was!r} in the checkpoint, {now!r} now)" for key, was, now in config_differences(
+            {"training": ckpt.get("config") or {}, "model": ckpt.get("model_config") or {}},
+            {"training": cfg.identity(), "model": model_cfg.to_dict()})]
+        if ckpt.get("data") != inputs.fingerprint:
+            differ.append("the training data (manifest, shard contents or negatives table)")
+        if differ:
+            if ctx.main:
+                kept = set_aside(ckpt_dir / LAST, int(ckpt["step"]))
+                logger.warning("%s was written with other parameters or data (%s): starting afresh. It is kept as "
+                               "%s; to resume it, move it back to %s and run with the parameters and data it was "
+                               "written with", ckpt_dir / LAST, "; ".join(differ), kept, ckpt_dir / LAST)
+            ckpt = None
     if ckpt is not None:
         step_module.model.load_state_dict(ckpt["model"])
         step_module.objective.load_state_dict(ckpt["objective"])
@@ -264,7 +275,7 @@ def run_training(inputs: TrainInputs, ctx: _Context | None = None) -> dict[str, 
         logger.info("resuming training from %s at step %d", ckpt_dir / LAST, step)
     if ctx.main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        remove_temporaries(ckpt_dir)
+        remove_stale_temporaries(ckpt_dir)
 
     ddp = step_module
     if ctx.world_size > 1:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pemt_pipeline.models import PEMTModel, StreamOutput
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import at_least, between, from_params, require
 
 MODALITIES = ("visual", "audio")
 
@@ -40,8 +40,13 @@ class LossConfig:
     cpp: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.mask_ratio < 1:
-            raise ValueError(f"loss.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Ranges; ValueError naming `training.loss.<key>`."""
+        weight = at_least(0)
+        require("training.loss", self, mask_ratio=between(0, 1, low_open=True, high_open=True), mep_visual=weight,
+                mep_audio=weight, mep_multimodal=weight, cpp=weight)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LossConfig:

@@ -15,7 +15,7 @@ from pemt_pipeline.media.shards import ShardStore
 def index_videos(source: VideoSource, params: dict[str, Any]) -> pd.DataFrame:
     """List the folder's media files with their ids, labels and splits."""
     cfg = IngestConfig.from_dict(params)
-    return build_index(source, cfg.extensions, cfg.test_fraction, cfg.split_seed)
+    return build_index(source, cfg.extensions, cfg.test_fraction, cfg.split_seed, follow_symlinks=cfg.follow_symlinks)
 
 
 def ingest_videos(
@@ -32,6 +32,8 @@ def ingest_videos(
         "clips": int(manifest["n_clips"].sum()) if len(manifest) else 0,
         "video_seconds": round(float(manifest["duration_s"].sum()), 3) if len(manifest) else 0.0,
         "silent_audio": int(manifest["silent_audio"].sum()) if len(manifest) else 0,
+        "audio_synthesized": int(manifest["audio_synthesized"].sum()) if len(manifest) else 0,
+        "timestamp_gaps": int(manifest["timestamp_gap_s"].notna().sum()) if len(manifest) else 0,
         "wall_seconds": round(time.perf_counter() - start, 3),
         "params_hash": cfg.params_hash,
     }

@@ -28,7 +28,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import DEVICE, NON_EMPTY, at_least, each, from_params, optional, require
 from pemt_pipeline.evaluation.features import VideoFeatures, video_features
 from pemt_pipeline.evaluation.probe import ProbeConfig
 from pemt_pipeline.evaluation.video import VideoEvalConfig, probe_report, retrieval_report
@@ -64,8 +64,10 @@ class LatencyConfig:
     cuda: bool = True  # also time on the GPU when CUDA is available
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.warmup < 0 or self.repeats < 1:
-            raise ValueError("pruning.latency: need batch_size >= 1, warmup >= 0, repeats >= 1")
+        self.validate()
+
+    def validate(self) -> None:
+        require("pruning.latency", self, batch_size=at_least(1), warmup=at_least(0), repeats=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -94,14 +96,17 @@ class PruningConfig:
         SearchConfig.from_dict(search_params)  # unknown keys fail here, before any work
         finetune_cfg = FinetuneConfig.from_dict(params.pop("finetune", None) or {})
         latency_cfg = from_params(LatencyConfig, params.pop("latency", None) or {}, "pruning.latency")
-        cfg = from_params(cls, params, "pruning", search=search_params, finetune=finetune_cfg,
-                          latency=latency_cfg)
-        if not cfg.targets or not all(0 < t <= 1 for t in cfg.targets) or len(set(cfg.targets)) != len(cfg.targets):
-            raise ValueError(f"pruning.targets must be distinct FLOPs ratios in (0, 1], got {list(cfg.targets)}")
-        if cfg.batch_size < 1 or cfg.batches < 1 or (cfg.threads is not None and cfg.threads < 1):
-            raise ValueError(f"pruning.batch_size, batches and threads must be >= 1, got {cfg.batch_size}, "
-                             f"{cfg.batches}, {cfg.threads}")
-        return cfg
+        return from_params(cls, params, "pruning", search=search_params, finetune=finetune_cfg,
+                           latency=latency_cfg)  # type checks, then validate()
+
+    def validate(self) -> None:
+        """Ranges; ValueError naming `pruning.<key>`."""
+        targets = ((lambda v: len(v) > 0 and len(set(v)) == len(v) and all(0 < t <= 1 for t in v)),
+                   "a non-empty list of distinct FLOPs ratios in (0, 1]")
+        require("pruning", self, checkpoint=NON_EMPTY, targets=targets,
+                init_score=(lambda v: v > 0, "> 0 (the search starts from the full model)"),
+                splits=each(NON_EMPTY), batch_size=at_least(1), batches=at_least(1), seed=at_least(0),
+                device=DEVICE, threads=optional(at_least(1)))
 
     def search_config(self, target: float) -> SearchConfig:
         return SearchConfig.from_dict({**self.search, "flops_target": target})

@@ -1,0 +1,196 @@
+"""Kedro hooks: parameters are checked, and the run lock taken, before the first node runs.
+
+`RunGuard.before_pipeline_run`
+  1. parses every parameter section that the pipeline being run takes (`params:ingestion`,
+     `params:training`, ...) with the config class its nodes use (`PARAMETER_CHECKS`), so that a bad
+     value stops the run with one line naming the key, before anything is read, written or pruned;
+  2. takes the project's run lock, `data/.pemt_run.lock` (`pemt_pipeline.locking`): one run at a
+     time writes the project's outputs. A second run stops at once with a message naming the run
+     that holds it, or waits up to PEMT_LOCK_WAIT_S seconds (-1: no limit) when that is set.
+The lock is released when the pipeline ends (`after_pipeline_run` / `on_pipeline_error`) and by
+the OS when the process dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from kedro.framework.hooks import hook_impl
+
+from pemt_pipeline.configs import NON_EMPTY, at_least, check_type, from_params, require
+from pemt_pipeline.evaluation.audio import AudioFolderConfig
+from pemt_pipeline.evaluation.probe import ProbeConfig
+from pemt_pipeline.evaluation.video import VideoEvalConfig
+from pemt_pipeline.features.embed import EmbedConfig
+from pemt_pipeline.locking import WAIT_ENV, LockedError, exclusive, wait_seconds
+from pemt_pipeline.media.ingest import IngestConfig
+from pemt_pipeline.media.synthetic import DemoConfig
+from pemt_pipeline.models import ModelConfig
+from pemt_pipeline.pipelines.pruning.nodes import PruningConfig
+from pemt_pipeline.pipelines.report.nodes import variant_params
+from pemt_pipeline.sampling.config import SPACES, NegativeConfig
+from pemt_pipeline.training.data import AugmentConfig
+from pemt_pipeline.training.loop import TrainConfig
+from pemt_pipeline.training.losses import LossConfig
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = Path("data") / ".pemt_run.lock"  # relative to the project folder
+
+
+class ParameterError(ValueError, click.ClickException):
+    """A parameter has a wrong type or value (the message names it). The kedro CLI shows it as one
+    `Error: ...` line, without a traceback, and exits with status 1."""
+
+    def __init__(self, message: str):
+        click.ClickException.__init__(self, message)
+
+
+class RunLockedError(LockedError, click.ClickException):
+    """Another run holds the run lock; shown by the kedro CLI as one `Error: ...` line (status 1)."""
+
+    def __init__(self, message: str):
+        click.ClickException.__init__(self, message)
+
+
+# --------------------------------------------------------------------------- parameter checks
+@dataclass(frozen=True)
+class ReportSettings:
+    """`report:` (conf/base/parameters_report.yml); the variants are checked one by one."""
+
+    steps: int
+    seeds: tuple[int, ...]
+    checkpoint_root: str
+    dvclive_root: str
+    progress: bool = True
+    variants: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        require("report", self, steps=at_least(1), checkpoint_root=NON_EMPTY, dvclive_root=NON_EMPTY,
+                seeds=((lambda v: len(v) > 0 and len(set(v)) == len(v) and all(s >= 0 for s in v)),
+                       "a non-empty list of distinct seeds >= 0"),
+                variants=(lambda v: all(isinstance(x, Mapping) for x in v.values()),
+                          "a mapping of variant mappings"))
+
+
+def _negatives(p: dict, params: dict) -> None:
+    """`space` is the node's (the embedding space); the rest is NegativeConfig."""
+    p = dict(p)
+    space = check_type("negatives.space", str, p.pop("space", None))
+    if space not in SPACES:
+        raise ValueError(f"negatives.space must be one of {list(SPACES)}, got {space!r}")
+    NegativeConfig.from_dict(p)
+
+
+def _training(p: dict, params: dict) -> None:
+    """As the training node splits it: loss and augment blocks, the rest is TrainConfig."""
+    p = dict(p)
+    LossConfig.from_dict(p.pop("loss", None) or {})
+    AugmentConfig.from_dict(p.pop("augment", None) or {})
+    TrainConfig.from_dict(p)
+
+
+def _evaluation(p: dict, params: dict) -> None:
+    """Video evaluation, its probe and the audio downstream block (root and labels_csv are paths)."""
+    VideoEvalConfig.from_dict(p)
+    ProbeConfig.from_dict(p.get("probe"))
+    audio = dict(p.get("audio") or {})
+    check_type("evaluation.audio.root", str, audio.pop("root", ""))
+    check_type("evaluation.audio.labels_csv", str | None, audio.pop("labels_csv", None))
+    from_params(AudioFolderConfig, audio, "evaluation.audio")
+
+
+def _pruning(p: dict, params: dict) -> None:
+    cfg = PruningConfig.from_dict(p)
+    for target in cfg.targets:
+        cfg.search_config(target)
+
+
+def _report(p: dict, params: dict) -> None:
+    from_params(ReportSettings, p, "report")
+
+
+def _report_variant(name: str, variant: Any, params: dict) -> None:
+    """The variant's model and training parameters as its nodes build them."""
+    if not isinstance(variant, Mapping):
+        raise ValueError(f"report.variants.{name} must be a mapping of model overrides, got {variant!r}")
+    _report(params.get("report") or {}, params)  # the keys variant_params reads
+    settings = variant_params(params.get("model") or {}, params.get("training") or {}, params.get("report") or {},
+                              dict(variant), name)
+    ModelConfig.from_dict(settings["model"])
+    _training(settings["training"], params)
+
+
+# parameter name (after `params:`) -> check(value, all parameters)
+PARAMETER_CHECKS: dict[str, Callable[[Any, dict], None]] = {
+    "demo_data": lambda p, _: DemoConfig.from_dict(p),
+    "ingestion": lambda p, _: IngestConfig.from_dict(p),
+    "embedding": lambda p, _: EmbedConfig.from_dict(p),
+    "model": lambda p, _: ModelConfig.from_dict(p),
+    "negatives": _negatives,
+    "training": _training,
+    "training.loss": lambda p, _: LossConfig.from_dict(p),
+    "training.augment": lambda p, _: AugmentConfig.from_dict(p),
+    "evaluation": _evaluation,
+    "pruning": _pruning,
+    "report": _report,
+}
+VARIANT_PREFIX = "report.variants."
+
+
+def parameter_inputs(pipeline) -> list[str]:
+    """The parameter names (without `params:`) the pipeline takes, in sorted order."""
+    return sorted(name.removeprefix("params:") for name in pipeline.inputs() if name.startswith("params:"))
+
+
+def check_parameters(names: list[str], params: dict) -> None:
+    """Parse each named parameter section with its config class; a ParameterError names the key."""
+    for name in names:
+        value = params
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        try:
+            if name.startswith(VARIANT_PREFIX):
+                _report_variant(name.removeprefix(VARIANT_PREFIX), value, params)
+            elif name in PARAMETER_CHECKS:
+                if not isinstance(value, Mapping):
+                    raise ValueError(f"parameter {name} must be a mapping, got {value!r}")
+                PARAMETER_CHECKS[name](dict(value), params)
+            else:
+                logger.debug("no check for parameter %s", name)
+        except ValueError as error:
+            raise ParameterError(str(error)) from None
+
+
+# --------------------------------------------------------------------------- the hooks
+class RunGuard:
+    """Checks the run's parameters, then holds the run lock while the pipeline runs."""
+
+    def __init__(self) -> None:
+        self._lock = contextlib.ExitStack()
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        check_parameters(parameter_inputs(pipeline), catalog["parameters"].load())
+        lock_path = Path(run_params.get("project_path") or Path.cwd()) / LOCK_FILE
+        hint = (f"Wait for it to finish, or let this run wait for it: {WAIT_ENV}=<seconds> kedro run ... "
+                f"(-1: no limit)")
+        self._lock.close()
+        try:
+            self._lock.enter_context(exclusive(lock_path, "the project's data folder", wait_seconds(), hint))
+        except LockedError as error:
+            raise RunLockedError(str(error)) from None
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._lock.close()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._lock.close()
