@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pandas as pd
 import pytest
@@ -131,6 +133,28 @@ def test_limits_reject_with_their_own_reasons(tmp_path):
     assert rejects["long.mkv"][0] == "too_long"
 
 
+def huge_declared_frame(path: Path) -> Path:
+    """A 1 KB Matroska file that declares 12000x12000 MJPEG frames (its packets are not even JPEG):
+    decoding one such frame would cost hundreds of MB."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 12000, 12000, "yuvj420p"
+        for i in range(3):
+            packet = av.Packet(b"\xff\xd8" + bytes(100) + b"\xff\xd9")
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, i, i, Fraction(1, 25)
+            out.mux(packet)
+    return path
+
+
+def test_huge_declared_frame_is_rejected_before_decoding(tmp_path, monkeypatch):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    huge_declared_frame(folder / "huge.mkv")
+    monkeypatch.setattr(ingest, "first_frame_time", lambda *a: pytest.fail("decoding started"))
+    _, rejects, _ = run(folder, tmp_path / "shards", missing_audio="silence", workers=1)
+    assert rejects["huge.mkv"][0] == "too_many_pixels" and "12000x12000" in rejects["huge.mkv"][1]
+
+
 def test_undecodable_audio_stream_follows_missing_audio(tmp_path):
     folder = tmp_path / "videos"
     folder.mkdir()
@@ -200,6 +224,8 @@ def test_rerun_reads_no_file_whole_unless_it_changed(tmp_path, monkeypatch):
     make_video(folder / "a.mp4", seconds=1.5)
     make_video(folder / "b.mp4", seconds=1.5)
     (folder / "noise.mp4").write_bytes(os.urandom(200_000))
+    with open(folder / "sparse.mp4", "wb") as f:  # 4 GiB of zeros, no disk used: once hashed in full
+        f.truncate(4 * 2**30)
     log = tmp_path / "hashed.txt"
     monkeypatch.setattr(ingest, "content_hash", _counting_hash(log))
 
@@ -209,9 +235,9 @@ def test_rerun_reads_no_file_whole_unless_it_changed(tmp_path, monkeypatch):
         return sorted(names)
 
     _, rejects, counts = run(folder, tmp_path / "shards")
-    assert counts["accepted"] == 2 and rejects["noise.mp4"][0] == "not_media"
-    assert hashed() == ["a.mp4", "b.mp4"]  # after decoding; the noise is rejected by FFmpeg unhashed
-    assert run(folder, tmp_path / "shards")[2] == {"accepted": 0, "skipped": 2, "rejected": 1}
+    assert counts["accepted"] == 2 and rejects["noise.mp4"][0] == rejects["sparse.mp4"][0] == "not_media"
+    assert hashed() == ["a.mp4", "b.mp4"]  # after decoding; what FFmpeg rejects is never hashed
+    assert run(folder, tmp_path / "shards")[2] == {"accepted": 0, "skipped": 2, "rejected": 2}
     assert hashed() == []  # the fingerprint suffices
     os.utime(folder / "a.mp4")  # touched, same bytes: hashed once, not decoded again
     assert run(folder, tmp_path / "shards")[2]["skipped"] == 2 and hashed() == ["a.mp4"]

@@ -148,10 +148,10 @@ class WindowCollector:
         """`windows_s` [K, 2] (start, end) in seconds; starts are moved back to a multiple of `period`
         samples (see `resampling_period`)."""
         self.rate = rate
-        first = np.floor(windows_s[:, 0] * rate / period).astype(np.int64) * period
-        self.first = first
-        self.stop = np.ceil(windows_s[:, 1] * rate).astype(np.int64)
-        self.data = [np.zeros(max(0, int(b - a)), dtype=np.float32) for a, b in zip(self.first, self.stop)]
+        self.first = (np.floor(windows_s[:, 0] * rate / period).astype(np.int64) * period).tolist()
+        self.stop = np.ceil(windows_s[:, 1] * rate).astype(np.int64).tolist()
+        self.data = [np.zeros(max(0, b - a), dtype=np.float32) for a, b in zip(self.first, self.stop)]
+        self.last_stop = max(self.stop, default=0)
         self.written = 0  # samples written into any window
         self.end = 0  # one past the last sample seen, on the whole timeline
 
@@ -159,16 +159,15 @@ class WindowCollector:
         start = round(start_s * self.rate)
         stop = start + samples.shape[0]
         self.end = max(self.end, stop)
-        for k in np.flatnonzero((self.first < stop) & (self.stop > start)):
-            a, b = max(start, self.first[k], 0), min(stop, self.stop[k])  # nothing before time 0
-            if b <= a:
-                continue
-            self.data[k][a - self.first[k]:b - self.first[k]] = samples[a - start:b - start]
-            self.written += b - a
+        for k, (first, last) in enumerate(zip(self.first, self.stop)):  # a few windows: plain Python
+            a, b = max(start, first, 0), min(stop, last)  # nothing before time 0
+            if b > a:
+                self.data[k][a - first:b - first] = samples[a - start:b - start]
+                self.written += b - a
 
     def past(self, start_s: float) -> bool:
         """Whether every window ends before `start_s` (later audio is not needed)."""
-        return bool(len(self.stop) == 0 or round(start_s * self.rate) >= self.stop.max())
+        return round(start_s * self.rate) >= self.last_stop
 
 
 def clip_windows_from(collector: WindowCollector | None, clip_starts: np.ndarray, cfg: MelConfig) -> np.ndarray:

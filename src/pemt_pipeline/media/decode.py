@@ -488,8 +488,7 @@ def decode(
 ) -> Decoded:
     """Decode the chosen streams where the clips are; see the module docstring for the rules.
 
-    `source`: a path, or a container opened and not yet read (decoding starts where it stands; a
-    seek back to the start would cost some audio decoders their first frame).
+    `source`: a path, or an open container at its start (decoding starts where it stands).
     `targets`: sorted instants (seconds from the first frame) whose frames to keep, or None.
     `audio_windows`: [K, 2] (start, end) seconds of audio to keep (a `WindowCollector`), or None.
     `seek_gap_s`: where the next stretch to decode lies further ahead than this, seek to it rather

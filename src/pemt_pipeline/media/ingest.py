@@ -276,14 +276,15 @@ def _measure_extent(container, video: StreamInfo, t_zero: float, cfg: IngestConf
     return scan_extent(container, video.index, t_zero, 0.0, cfg.max_timestamp_gap_s, dt)
 
 
-def _decode_clips(path: Path, video: StreamInfo, audio: StreamInfo | None, extent: Extent, cfg: IngestConfig):
+def _decode_clips(container, video: StreamInfo, audio: StreamInfo | None, extent: Extent, cfg: IngestConfig):
     """Place clips on the measured extent and decode their frames and audio windows.
     Returns (plan, decoded, frames [T*F, H, W, 3] in clip order)."""
     plan = C.plan_clips(extent.duration, cfg.span, cfg.clips_per_video, cfg.placement, cfg.short_video_policy)
     times = C.frame_times(plan.starts, cfg.frames_per_clip, cfg.frame_stride, cfg.fps).ravel()
     order = np.argsort(times, kind="stable")
     windows = A.clip_audio_windows(plan.starts, cfg.mel) if audio is not None else None
-    decoded = decode(path, video.index, audio and audio.index, times[order], cfg.short_side, cfg.decoder_threads,
+    container.seek(0, stream=container.streams[video.index], backward=True)  # back from measuring
+    decoded = decode(container, video.index, audio and audio.index, times[order], cfg.short_side, cfg.decoder_threads,
                      audio_windows=windows, seek_gap_s=cfg.seek_gap_s, end_s=extent.duration,
                      max_gap_s=cfg.max_timestamp_gap_s, max_pixels=cfg.max_pixels, resample_to=cfg.sample_rate)
     if decoded.frames is None:
@@ -327,13 +328,13 @@ def _ingest_media(path: Path, cfg: IngestConfig) -> tuple[dict[str, np.ndarray],
         if (error := _limit_error(cfg, video.width, video.height, extent.duration)) is not None:
             raise error
         try:
-            plan, decoded, frames = _decode_clips(path, video, audio, extent, cfg)
+            plan, decoded, frames = _decode_clips(container, video, audio, extent, cfg)
             lag = _worst_lag(plan, decoded, cfg) if frames is not None else 0.0
             if (lag > cfg.max_timestamp_gap_s or decoded.timestamp_gap) and extent.scanned_from > 0:
                 # A hole inside the video that its end did not show: measure the whole stream, place again.
                 extent = scan_extent(container, video.index, t_zero, 0.0, cfg.max_timestamp_gap_s,
                                      frame_interval(container.streams[video.index]))
-                plan, decoded, frames = _decode_clips(path, video, audio, extent, cfg)
+                plan, decoded, frames = _decode_clips(container, video, audio, extent, cfg)
                 lag = _worst_lag(plan, decoded, cfg) if frames is not None else 0.0
         except C.ClipPlacementError as exc:
             raise MediaError("too_short", str(exc)) from None
