@@ -150,7 +150,8 @@ def test_huge_declared_frame_is_rejected_before_decoding(tmp_path, monkeypatch):
     folder = tmp_path / "videos"
     folder.mkdir()
     huge_declared_frame(folder / "huge.mkv")
-    monkeypatch.setattr(ingest, "first_frame_time", lambda *a: pytest.fail("decoding started"))
+    for reader in ("first_frame_time", "scan_extent", "decode"):  # none of them may start
+        monkeypatch.setattr(ingest, reader, lambda *a, **k: pytest.fail("the file was read past its header"))
     _, rejects, _ = run(folder, tmp_path / "shards", missing_audio="silence", workers=1)
     assert rejects["huge.mkv"][0] == "too_many_pixels" and "12000x12000" in rejects["huge.mkv"][1]
 

@@ -121,13 +121,15 @@ def _swresample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarra
 
 
 def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Band-limited resampling; output sample i is at time i / new_rate.
+    """Band-limited resampling of [..., n] samples; output sample i is at time i / new_rate.
 
     torchaudio's sinc resampler where its kernel is small (every common rate), FFmpeg's swresample
     otherwise (see MAX_SINC_TAPS); memory stays bounded for any pair of rates."""
     if orig_rate == new_rate or samples.size == 0:
         return samples.astype(np.float32, copy=False)
     if not sinc_resampling_fits(orig_rate, new_rate):
+        if samples.ndim > 1:
+            return np.stack([_swresample(row, orig_rate, new_rate) for row in samples])
         return _swresample(samples, orig_rate, new_rate)
     with torch.inference_mode():
         out = _resampler(orig_rate, new_rate)(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)))
@@ -171,21 +173,34 @@ class WindowCollector:
 
 
 def clip_windows_from(collector: WindowCollector | None, clip_starts: np.ndarray, cfg: MelConfig) -> np.ndarray:
-    """[T, window_samples] at cfg.sample_rate read by each clip's mel frames, resampled window by window
-    from what `collector` kept (zeros where it kept nothing; all zeros for no collector: a silent track).
+    """[T, window_samples] at cfg.sample_rate read by each clip's mel frames, resampled from what
+    `collector` kept (zeros where it kept nothing; all zeros for no collector: a silent track).
 
-    Window k must be the one collected for clip k (see `clip_audio_windows`)."""
+    Window k must be the one collected for clip k (see `clip_audio_windows`). Windows that overlap
+    more than they leave out (short videos) are resampled as one stretch, the others in one batch."""
     length = cfg.window_samples
     out = np.zeros((len(clip_starts), length), dtype=np.float32)
     if collector is None:
         return out
+    firsts, data = collector.first, collector.data
+    lo, hi = min(firsts), max(f + len(d) for f, d in zip(firsts, data))
+    if hi - lo <= sum(len(d) for d in data):
+        stretch = np.zeros(hi - lo, dtype=np.float32)
+        for f, d in zip(firsts, data):
+            stretch[f - lo:f - lo + len(d)] = d
+        track = resample(stretch, collector.rate, cfg.sample_rate)
+        tracks, starts = [track] * len(data), [lo] * len(data)
+    else:
+        width = max(len(d) for d in data)
+        tracks = resample(np.stack([np.pad(d, (0, width - len(d))) for d in data]), collector.rate, cfg.sample_rate)
+        starts = firsts
     for k, start in enumerate(clip_starts):
-        track = resample(collector.data[k], collector.rate, cfg.sample_rate)
-        offset = collector.first[k] * cfg.sample_rate / collector.rate  # where `track` starts on the output grid
+        track = tracks[k]
+        offset = starts[k] * cfg.sample_rate / collector.rate  # where `track` starts on the output grid
         first = round(start * cfg.sample_rate) - cfg.n_fft // 2 - round(offset)
-        lo, hi = max(0, first), min(len(track), first + length)
-        if hi > lo:
-            out[k, lo - first:hi - first] = track[lo:hi]
+        a, b = max(0, first), min(len(track), first + length)
+        if b > a:
+            out[k, a - first:b - first] = track[a:b]
     return out
 
 

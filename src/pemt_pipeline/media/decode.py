@@ -300,17 +300,25 @@ def set_decoder_threads(container: av.container.InputContainer, video_index: int
     return stream
 
 
-def first_frame_time(container: av.container.InputContainer, video_index: int) -> float | None:
-    """Presentation time (seconds) of the first decodable video frame: time zero of the video."""
+def first_frame_time(container: av.container.InputContainer, video_index: int, packets: int = 16) -> float | None:
+    """Presentation time (seconds) of the first video frame, from the first packets without decoding:
+    the smallest time stamp among them (decode order holds the first frame among its first packets;
+    packets the demuxer marks to discard, e.g. before an edit list's start, are not shown). None if
+    the stream has no stamped packet."""
     stream = container.streams[video_index]
+    time_base = float(stream.time_base)
+    times: list[float] = []
     try:
         container.seek(0, stream=stream, backward=True)
         for packet in container.demux(stream):
-            for frame in packet.decode():
-                return frame.time if frame.time is not None else 0.0
+            t = _stamp_seconds(packet, time_base)
+            if packet.size and not packet.is_discard and t is not None:
+                times.append(t)
+                if len(times) >= packets:
+                    break
     except av.FFmpegError:
-        return None
-    return None
+        pass
+    return min(times) if times else None
 
 
 def scan_extent(container: av.container.InputContainer, video_index: int, t_zero: float, from_s: float,
