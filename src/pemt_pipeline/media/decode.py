@@ -556,13 +556,3 @@ def decode(
     if video.t_zero is not None:
         video.finish(targets is not None)
     return result
-    last_duration = (float(last_frame.duration * last_frame.time_base)
-                     if last_frame.duration and last_frame.time_base else fallback_dt)
-    last_duration = last_duration if last_duration <= max_gap_s else fallback_dt
-    result.video_duration = final_t - t_zero + last_duration
-    result.held_targets = selector.finish(result.video_duration)
-    result.rotation = selector.rotation
-    if targets is not None:
-        result.frames = np.stack(selector.out) if selector.out else None
-        result.frame_source_times = np.asarray(selector.source_times)
-    return result
