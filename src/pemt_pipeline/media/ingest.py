@@ -428,12 +428,14 @@ def ingest_video(row: dict[str, Any], cfg: IngestConfig) -> tuple[str, dict[str,
         stamp = fingerprint(path)
         if current and meta.get("fingerprint") == stamp:
             return _skip_if_current(meta, labels, cfg)
+        digest = None
         if current:  # touched, or changed: FFmpeg looks at it first, then the contents decide
             open_container(path).close()
-            if content_hash(path) == meta.get("content_hash"):
+            digest = content_hash(path)
+            if digest == meta.get("content_hash"):
                 return _skip_if_current(meta, labels, cfg)
         tensors, media = _ingest_media(path, cfg)
-        digest = content_hash(path)
+        digest = digest or content_hash(path)  # a changed file is read in full once, not twice
         record = {**labels, "content_hash": digest, **media, "clips_per_video": cfg.clips_per_video,
                   "shard_path": shard.as_posix(), "params_hash": cfg.params_hash}
         record["shard_bytes"] = int(sum(t.nbytes for t in tensors.values()))
