@@ -322,7 +322,7 @@ def test_full_disk_stops_ingestion_with_the_output_named(tmp_path, monkeypatch):
     folder.mkdir()
     make_video(folder / "a.mp4", seconds=1.5)
 
-    def full(path, tensors, metadata):
+    def full(path, tensors, metadata, **kwargs):
         raise WriteError(errno.ENOSPC, f"no space left on device while writing {path}", str(path))
 
     monkeypatch.setattr(ingest, "write_shard", full)

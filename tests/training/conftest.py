@@ -31,8 +31,10 @@ def tiny_demo(tmp_path_factory):
     for rel, blob in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(blob)
+    # raw frames: the DDP tolerance was measured on these exact pixels (tests/media/test_shard_codecs.py
+    # runs the dataset over every codec)
     cfg = IngestConfig(fps=8, frames_per_clip=4, frame_stride=1, clips_per_video=4, short_side=32, n_mels=16,
-                       mel_frames=8, shard_dir=str(root / "shards"), workers=1, progress=False)
+                       mel_frames=8, frame_codec="raw", shard_dir=str(root / "shards"), workers=1, progress=False)
     manifest, rejects, _ = ingest_all(build_index(VideoSource(root)), cfg)
     assert rejects.empty and len(manifest) == 8
     manifest["split"] = "train"

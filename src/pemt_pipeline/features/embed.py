@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from pemt_pipeline.configs import DEVICE, NON_EMPTY, above, at_least, from_params, optional, require
 from pemt_pipeline.features.store import ClipEmbeddings, EmbeddingWriter
-from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, audio_clips, video_clips
-from pemt_pipeline.media.shards import load_shard
+from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, audio_clips, center_crop_box, normalize_video
+from pemt_pipeline.media.shards import ShardReader
 from pemt_pipeline.models import ModelConfig, PEMTModel
 
 CLIP_COLUMNS = ("clip_id", "video_id", "clip_index", "clip_start", "label", "split")
@@ -37,6 +37,7 @@ class EmbedConfig:
     seed: int = 0
     checkpoint: str | None = None
     device: str = "auto"
+    decode_device: str = "cpu"
     output_dir: str = "data/04_feature/clip_embeddings"
     progress: bool = True
 
@@ -46,7 +47,8 @@ class EmbedConfig:
 
     def validate(self) -> None:
         require("embedding", self, batch_size=at_least(1), crop=at_least(1), std=above(0), seed=at_least(0),
-                checkpoint=optional(NON_EMPTY), device=DEVICE, output_dir=NON_EMPTY)
+                checkpoint=optional(NON_EMPTY), device=DEVICE,
+                decode_device=DEVICE, output_dir=NON_EMPTY)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,7 +93,7 @@ def clip_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per real clip of the manifest's videos, in manifest order (clip_id = row)."""
     rows = []
     for video in manifest.itertuples():
-        shard = load_shard(video.shard_path, ("clip_mask", "clip_start"))
+        shard = ShardReader(video.shard_path).read(("clip_mask", "clip_start"))
         for index in np.flatnonzero(shard["clip_mask"]):
             rows.append((video.video_id, int(index), float(shard["clip_start"][index]), video.label, video.split))
     table = pd.DataFrame(rows, columns=list(CLIP_COLUMNS[1:]))
@@ -99,15 +101,20 @@ def clip_table(manifest: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _batches(manifest: pd.DataFrame, cfg: EmbedConfig):
+def _batches(manifest: pd.DataFrame, cfg: EmbedConfig, decode_device: torch.device):
     """Yield model inputs (video [n, 3, F, crop, crop], audio [n, 1, M, L]) of real clips in clip-table
-    order, `batch_size` at a time (each video is cropped first: videos may differ in size)."""
+    order, `batch_size` at a time (each video is cropped first: videos may differ in size). Frames are
+    decoded on `decode_device` (JPEG shards batch-decode there: nvjpeg on a GPU)."""
     videos, audios, held = [], [], 0
     for video in manifest.itertuples():
-        shard = load_shard(video.shard_path, ("frames", "log_mel", "clip_mask"))
-        real = shard["clip_mask"]
-        videos.append(video_clips(shard["frames"][real], cfg.crop, cfg.mean, cfg.std))
-        audios.append(audio_clips(shard["log_mel"][real]))
+        reader = ShardReader(video.shard_path)
+        shard = reader.read(("log_mel", "clip_mask"))
+        real = torch.from_numpy(shard["clip_mask"].astype(bool))
+        frames = reader.frames_on(decode_device)[real.to(decode_device)]  # uint8 [n, F, H, W, 3]
+        top, left = center_crop_box(frames.shape[2], frames.shape[3], cfg.crop)
+        window = frames[:, :, top:top + cfg.crop, left:left + cfg.crop]
+        videos.append(normalize_video(window, cfg.mean, cfg.std))  # [n, 3, F, crop, crop]
+        audios.append(audio_clips(shard["log_mel"][shard["clip_mask"]]).to(decode_device))
         held += int(real.sum())
         while held >= cfg.batch_size:
             v, a = torch.cat(videos), torch.cat(audios)
@@ -133,7 +140,7 @@ def embed_clips(manifest: pd.DataFrame, model_cfg: ModelConfig, cfg: EmbedConfig
     bar = tqdm(total=len(clips), desc="embedding clips", unit="clip", disable=not cfg.progress)
     try:
         with torch.inference_mode():
-            for video, audio in _batches(manifest, cfg):
+            for video, audio in _batches(manifest, cfg, resolve_device(cfg.decode_device)):
                 video, audio = video.to(device, non_blocking=True), audio.to(device, non_blocking=True)
                 writer.write({"visual": model.visual_cnn(video).float().cpu().numpy(),
                               "audio": model.audio_cnn(audio).float().cpu().numpy()})

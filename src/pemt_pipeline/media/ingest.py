@@ -60,7 +60,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pemt_pipeline.atomic import WriteError
-from pemt_pipeline.configs import from_params
+from pemt_pipeline.configs import between, from_params, one_of, require
 from pemt_pipeline.locking import WAIT_ENV, exclusive, wait_seconds
 from pemt_pipeline.media import audio as A
 from pemt_pipeline.media import clips as C
@@ -81,13 +81,14 @@ from pemt_pipeline.media.decode import (
     set_decoder_threads,
 )
 from pemt_pipeline.media.folder import DEFAULT_EXTENSIONS
-from pemt_pipeline.media.shards import SHARD_SUFFIX, read_metadata, remove_stale_temporaries, write_shard
+from pemt_pipeline.media.clip_codecs import CODECS, H264_PRESETS, ClipCodec
+from pemt_pipeline.media.shards import SHARD_SUFFIX, encode_frames, read_metadata, remove_stale_temporaries, write_shard
 from pemt_pipeline.media.workers import TaskFailure, run_supervised
 
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this library changes what a shard holds, so old shards are rebuilt.
-INGEST_VERSION = 2
+INGEST_VERSION = 3
 MISSING_AUDIO_POLICIES = ("reject", "silence")
 REJECT_COLUMNS = ("video_id", "source_path", "reason", "detail")
 
@@ -115,6 +116,10 @@ class IngestConfig:
     silence_threshold_db: float = -60.0
     min_decoded_fraction: float = 0.9
     max_timestamp_gap_s: float = 60.0
+    frame_codec: str = "h264"
+    h264_crf: int = 18
+    h264_preset: str = "veryfast"
+    jpeg_quality: int = 90
     # The fields below do not change a shard's content.
     max_pixels: int = 7680 * 4320
     max_duration_s: float = 6 * 3600.0
@@ -140,6 +145,8 @@ class IngestConfig:
                   "prune_stale_shards", "progress", "max_pixels", "max_duration_s", "min_sample_rate",
                   "max_sample_rate", "max_audio_channels", "seek_gap_s", "file_timeout_s", "worker_memory_mb",
                   "follow_symlinks")
+
+    CODEC_FIELDS = ("frame_codec", "h264_crf", "h264_preset", "jpeg_quality")  # hashed as `codec.settings()`
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> IngestConfig:
@@ -176,6 +183,12 @@ class IngestConfig:
                              f"ingestion.max_sample_rate ({self.max_sample_rate})")
         if self.max_audio_channels < 1:
             raise ValueError(f"ingestion.max_audio_channels must be >= 1, got {self.max_audio_channels!r}")
+        require("ingestion", self, frame_codec=one_of(CODECS), h264_crf=between(0, 51),
+                h264_preset=one_of(H264_PRESETS), jpeg_quality=between(1, 100))
+
+    @property
+    def codec(self) -> ClipCodec:
+        return ClipCodec(self.frame_codec, self.h264_crf, self.h264_preset, self.jpeg_quality)
 
     @property
     def span(self) -> float:
@@ -188,8 +201,8 @@ class IngestConfig:
 
     @functools.cached_property
     def params_hash(self) -> str:
-        content = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_FIELDS}
-        blob = json.dumps({"version": INGEST_VERSION, **content}, sort_keys=True)
+        content = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_FIELDS + self.CODEC_FIELDS}
+        blob = json.dumps({"version": INGEST_VERSION, "codec": self.codec.settings(), **content}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def shard_path(self, video_id: str) -> Path:
@@ -438,9 +451,14 @@ def ingest_video(row: dict[str, Any], cfg: IngestConfig) -> tuple[str, dict[str,
         digest = digest or content_hash(path)  # a changed file is read in full once, not twice
         record = {**labels, "content_hash": digest, **media, "clips_per_video": cfg.clips_per_video,
                   "shard_path": shard.as_posix(), "params_hash": cfg.params_hash}
-        record["shard_bytes"] = int(sum(t.nbytes for t in tensors.values()))
-        write_shard(shard, tensors, {"video_id": vid, "content_hash": digest, "fingerprint": stamp,
-                                     "params_hash": cfg.params_hash, "record": json.dumps(record)})
+        frame_shape = tensors["frames"].shape[:4]
+        stored = encode_frames(tensors, cfg.codec)
+        record["frame_codec"] = cfg.frame_codec
+        record["frame_bytes"] = int(sum(stored[k].nbytes for k in ("frames", "frame_data", "frame_offsets") if k in stored))
+        record["shard_bytes"] = int(sum(t.nbytes for t in stored.values()))
+        write_shard(shard, stored, {"video_id": vid, "content_hash": digest, "fingerprint": stamp,
+                                    "params_hash": cfg.params_hash, "record": json.dumps(record)},
+                    codec=cfg.codec, frame_shape=frame_shape)
         return "accepted", record
     except MediaError as exc:
         return _reject(row, exc.code, exc.detail)

@@ -1,14 +1,20 @@
-"""Clip shards: one safetensors file per video (no pickle, lazily readable, memory-mappable).
+"""Clip shards: one safetensors file per video (no pickle, lazily readable, memory-mappable), and
+their one reader, `ShardReader`, which decodes frames on access.
 
 Tensors in a shard (T clips, F frames per clip):
-- ``frames``      uint8   [T, F, H, W, 3]  RGB, upright, short side resized
+- the frames, by codec (metadata ``codec``, see `clip_codecs`):
+  ``raw``:          ``frames`` uint8 [T, F, H, W, 3]  RGB, upright, short side resized
+  ``h264``/``jpeg``: ``frame_data`` uint8 [N] every clip's packets one after the other, and
+                    ``frame_offsets`` int64 [T * F + 1] where each frame's packet starts
 - ``log_mel``     float32 [T, n_mels, mel_frames]
 - ``clip_start``  float64 [T]     clip start, seconds from the first video frame
 - ``frame_time``  float64 [T, F]  timestamp of the source frame used for each sampled frame
 - ``clip_mask``   bool    [T]     True for real clips, False for padding
-Metadata (strings): ``format`` (SHARD_FORMAT), ``video_id``, ``content_hash``, ``params_hash`` and
-``record`` (the video's manifest row as JSON), so a shard is self-describing and a resumed
-ingestion can rebuild its manifest row without decoding again.
+Metadata (strings): ``format``, ``codec`` (JSON: name and settings), ``frame_shape`` (JSON
+[T, F, H, W]), ``video_id``, ``content_hash``, ``params_hash`` and ``record`` (the video's
+manifest row as JSON), so a shard is self-describing and a resumed ingestion can rebuild its
+manifest row without decoding again. Reading clip t reads only its own bytes (safetensors slices a
+memory map). Shards of format ``pemt-shard/1`` (raw frames, before codecs) still load.
 """
 
 from __future__ import annotations
@@ -18,22 +24,50 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from pemt_pipeline.atomic import atomic_path, remove_stale_temporaries  # noqa: F401 - the latter for ingest
+from pemt_pipeline.media.clip_codecs import CODECS, ClipCodec, decode_clip, decode_jpeg_on
 
-SHARD_FORMAT = "pemt-shard/1"
+SHARD_FORMAT = "pemt-shard/2"
+READABLE_FORMATS = ("pemt-shard/1", SHARD_FORMAT)
 SHARD_SUFFIX = ".safetensors"
 TENSOR_NAMES = ("frames", "log_mel", "clip_start", "frame_time", "clip_mask")
+RAW = ClipCodec("raw")
 
 
-def write_shard(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> int:
-    """Write atomically (`pemt_pipeline.atomic`: temporary file, fsync, rename). Returns the size in bytes."""
+class ShardError(ValueError):
+    """A file is not a clip shard this code can read (the message says what to do)."""
+
+
+def encode_frames(tensors: dict[str, np.ndarray], codec: ClipCodec) -> dict[str, np.ndarray]:
+    """The tensors as stored: raw ``frames`` replaced by ``frame_data`` / ``frame_offsets`` unless
+    the codec is raw."""
+    if codec.name == "raw" or "frames" not in tensors:
+        return dict(tensors)
+    stored = {k: v for k, v in tensors.items() if k != "frames"}
+    stored["frame_data"], stored["frame_offsets"] = codec.encode(tensors["frames"])
+    return stored
+
+
+def write_shard(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str],
+                codec: ClipCodec = RAW, frame_shape: tuple[int, ...] | None = None) -> int:
+    """Write atomically (`pemt_pipeline.atomic`: temporary file, fsync, rename); `tensors` hold raw
+    ``frames`` (encoded here with `codec`) or the output of `encode_frames` (then give `frame_shape`,
+    [T, F, H, W]). Returns the size in bytes."""
     path = Path(path)
+    if "frames" in tensors:
+        frame_shape = tensors["frames"].shape[:4]
+    if frame_shape is None and "frame_data" in tensors:
+        raise ValueError("encoded frames need their frame_shape [T, F, H, W]")
+    stored = encode_frames(tensors, codec)
+    meta = {"format": SHARD_FORMAT, "codec": codec.metadata(), **metadata}
+    if frame_shape is not None:
+        meta["frame_shape"] = json.dumps([int(n) for n in frame_shape])
     with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
-                  metadata={"format": SHARD_FORMAT, **metadata})
+        save_file({k: np.ascontiguousarray(v) for k, v in stored.items()}, str(tmp), metadata=meta)
     return path.stat().st_size
 
 
@@ -44,7 +78,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str] | None:
             meta = f.metadata() or {}
     except Exception:  # noqa: BLE001 - OSError, or safetensors' own SafetensorError on a bad header
         return None
-    return meta if meta.get("format") == SHARD_FORMAT else None
+    return meta if meta.get("format") in READABLE_FORMATS else None
 
 
 def read_record(path: str | os.PathLike) -> dict | None:
@@ -52,13 +86,91 @@ def read_record(path: str | os.PathLike) -> dict | None:
     return None if meta is None else json.loads(meta["record"])
 
 
+class ShardReader:
+    """One shard: its metadata is read once; `read` decodes the frames of the clips asked for.
+
+    Cheap to build and to pickle (it holds the path and the metadata, no open file), so datasets
+    build one per item in DataLoader workers.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"shard {str(self.path)!r} does not exist: run the ingestion pipeline again")
+        try:
+            with safe_open(str(self.path), framework="numpy") as f:
+                meta, names = f.metadata() or {}, set(f.keys())
+                shape = f.get_slice("frames").get_shape() if "frames" in names else None
+        except Exception as exc:  # noqa: BLE001 - safetensors' SafetensorError on a bad header
+            raise ShardError(f"{str(self.path)!r} is not a readable clip shard ({exc}): "
+                             "run the ingestion pipeline again") from None
+        if meta.get("format") not in READABLE_FORMATS:
+            raise ShardError(f"{str(self.path)!r} has shard format {meta.get('format')!r}, this code reads "
+                             f"{READABLE_FORMATS}: run the ingestion pipeline again to rebuild it")
+        self.metadata = meta
+        self.codec = json.loads(meta.get("codec", '{"name": "raw"}'))["name"]
+        self.frame_shape = (tuple(json.loads(meta["frame_shape"])) if "frame_shape" in meta
+                            else tuple(shape[:4]) if shape is not None else None)  # None: a shard without frames
+        if self.codec not in CODECS or (self.codec != "raw" and "frame_data" not in names):
+            raise ShardError(f"{str(self.path)!r} holds frames of codec {self.codec!r} that this code cannot read: "
+                             "run the ingestion pipeline again")
+
+    def __repr__(self) -> str:
+        return f"ShardReader({str(self.path)!r}, codec={self.codec!r}, frame_shape={self.frame_shape})"
+
+    @property
+    def n_clips(self) -> int:
+        return self.frame_shape[0]
+
+    def read(self, names: tuple[str, ...] = TENSOR_NAMES, clips: slice | None = None) -> dict[str, np.ndarray]:
+        """Tensors by name, of clips `clips` only (None = all); ``frames`` is decoded, uint8 [n, F, H, W, 3]."""
+        window = clips if clips is not None else slice(None)
+        out = {}
+        with safe_open(str(self.path), framework="numpy") as f:
+            for name in names:
+                if name == "frames" and self.codec != "raw":
+                    out[name] = self._decode(f, window)
+                else:
+                    out[name] = f.get_slice(name)[window]
+        return out
+
+    def _clip_packets(self, f, window: slice):
+        """(clip index, its packets' bytes, their offsets [F + 1]) for each clip in `window`."""
+        T, F = self.frame_shape[:2]
+        data = f.get_slice("frame_data")
+        for t in range(*window.indices(T)):
+            offsets = f.get_slice("frame_offsets")[t * F:(t + 1) * F + 1]
+            yield t, data[int(offsets[0]):int(offsets[-1])], offsets
+
+    def _decode(self, f, window: slice) -> np.ndarray:
+        T, F, H, W = self.frame_shape
+        n = len(range(*window.indices(T)))
+        frames = np.empty((n, F, H, W, 3), np.uint8)
+        for k, (_, data, offsets) in enumerate(self._clip_packets(f, window)):
+            decode_clip(self.codec, data, offsets, H, W, out=frames[k])
+        return frames
+
+    def frames_on(self, device: torch.device | str, clips: slice | None = None) -> torch.Tensor:
+        """Decoded frames uint8 [n, F, H, W, 3] on `device`: JPEG frames are decoded there in one batch
+        (nvjpeg on a GPU); other codecs decode on the CPU and are copied."""
+        device = torch.device(device)
+        window = clips if clips is not None else slice(None)
+        if self.codec != "jpeg":
+            return torch.from_numpy(self.read(("frames",), window)["frames"]).to(device)
+        T, F, H, W = self.frame_shape
+        with safe_open(str(self.path), framework="numpy") as f:
+            parts = list(self._clip_packets(f, window))
+        data = np.concatenate([d for _, d, _ in parts])
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(o) for _, _, o in parts]))])
+        return decode_jpeg_on(device, data, offsets).reshape(len(parts), F, H, W, 3)
+
+    def record(self) -> dict:
+        return json.loads(self.metadata["record"])
+
+
 def load_shard(path: str | os.PathLike, names: tuple[str, ...] = TENSOR_NAMES, clips: slice | None = None) -> dict[str, np.ndarray]:
-    """Read some tensors of a shard (optionally only some clips) without reading the rest."""
-    out = {}
-    with safe_open(str(path), framework="numpy") as f:
-        for name in names:
-            out[name] = f.get_slice(name)[clips] if clips is not None else f.get_tensor(name)
-    return out
+    """`ShardReader(path).read(names, clips)`: some tensors of a shard, frames decoded."""
+    return ShardReader(path).read(names, clips)
 
 
 class ShardStore:
@@ -76,8 +188,11 @@ class ShardStore:
     def video_ids(self) -> list[str]:
         return sorted(p.name[: -len(SHARD_SUFFIX)] for p in self.root.glob(f"*{SHARD_SUFFIX}"))
 
+    def reader(self, video_id: str) -> ShardReader:
+        return ShardReader(self.path(video_id))
+
     def load(self, video_id: str, names: tuple[str, ...] = TENSOR_NAMES) -> dict[str, np.ndarray]:
-        return load_shard(self.path(video_id), names)
+        return self.reader(video_id).read(names)
 
     def record(self, video_id: str) -> dict | None:
         return read_record(self.path(video_id))

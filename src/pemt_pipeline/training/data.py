@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision.transforms.v2 import functional as TF
 
 from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, normalize_video, video_clips
-from pemt_pipeline.media.shards import load_shard
+from pemt_pipeline.media.shards import ShardReader
 from pemt_pipeline.configs import above, at_least, between, from_params, require
 
 SHARD_TENSORS = ("frames", "log_mel", "clip_mask")  # the only tensors training reads
@@ -163,7 +163,7 @@ class ShardClipDataset(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        shard = load_shard(self.paths[i], SHARD_TENSORS)
+        shard = ShardReader(self.paths[i]).read(SHARD_TENSORS)  # frames decoded here (in the DataLoader worker)
         clip_mask = torch.from_numpy(shard["clip_mask"].astype(bool))  # [T]
         n_real = int(clip_mask.sum())
         if n_real != self.n_clips[i]:

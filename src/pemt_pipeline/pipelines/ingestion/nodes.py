@@ -34,6 +34,8 @@ def ingest_videos(
         "silent_audio": int(manifest["silent_audio"].sum()) if len(manifest) else 0,
         "audio_synthesized": int(manifest["audio_synthesized"].sum()) if len(manifest) else 0,
         "timestamp_gaps": int(manifest["timestamp_gap_s"].notna().sum()) if len(manifest) else 0,
+        "frame_codec": cfg.frame_codec,
+        "shard_bytes": int(manifest["shard_bytes"].sum()) if len(manifest) else 0,
         "wall_seconds": round(time.perf_counter() - start, 3),
         "params_hash": cfg.params_hash,
     }
