@@ -13,17 +13,30 @@ from __future__ import annotations
 
 import fractions
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 from torchvision import io as tvio
 
 CODECS = ("h264", "jpeg", "raw")
 H264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 H264_PIXEL_FORMAT = "yuv444p"
+# Colour converters, one per thread and direction: each keeps its swscale context between frames of
+# one size (a frame's own `to_ndarray(format=...)` builds a new one each time, which costs more than
+# decoding a small frame). Always single-threaded (`threads=1`): swscale's own threads would not
+# survive a fork, and a forked worker (ingestion, DataLoader) converting afterwards would hang.
+_converters = threading.local()
+
+
+def _converter(direction: str) -> VideoReformatter:
+    if not hasattr(_converters, direction):
+        setattr(_converters, direction, VideoReformatter())
+    return getattr(_converters, direction)
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,8 @@ def _encode_h264(clip: np.ndarray, codec: ClipCodec) -> list[bytes]:
                    "g": str(n_frames), "threads": "1"}
     packets = []
     for i, frame in enumerate(clip):
-        picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        picture = _converter("to_yuv").reformat(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"),
+                                   format=H264_PIXEL_FORMAT, threads=1)
         picture.pts = i
         packets.extend(bytes(p) for p in ctx.encode(picture))
     packets.extend(bytes(p) for p in ctx.encode(None))
@@ -102,31 +116,28 @@ def decode_clip(codec_name: str, data: np.ndarray, offsets: np.ndarray, height: 
     out = np.empty((n_frames, height, width, 3), np.uint8) if out is None else out
     starts = offsets - offsets[0]
     if codec_name == "jpeg":
-        images = tvio.decode_jpeg([torch.from_numpy(data[starts[i]:starts[i + 1]]) for i in range(n_frames)],
-                                  mode=tvio.ImageReadMode.RGB)
-        out[:] = torch.stack(images).permute(0, 2, 3, 1).numpy()
+        out[:] = decode_jpeg_on(torch.device("cpu"), data, offsets).numpy()
         return out
     if codec_name != "h264":
         raise ValueError(f"unknown frame codec {codec_name!r} (known: {CODECS})")
     ctx = av.CodecContext.create("h264", "r")
     ctx.thread_count = 1
-    k = 0
-    payload = data.tobytes()
+    payload, frames = data.tobytes(), []
     for i in range(n_frames):
-        for frame in ctx.decode(av.Packet(payload[starts[i]:starts[i + 1]])):
-            out[k] = frame.to_ndarray(format="rgb24")[:height, :width]
-            k += 1
-    for frame in ctx.decode(None):
-        out[k] = frame.to_ndarray(format="rgb24")[:height, :width]
-        k += 1
-    if k != n_frames:
-        raise ValueError(f"an H.264 clip of {n_frames} packets decoded to {k} frames (corrupt shard?)")
+        frames += ctx.decode(av.Packet(payload[starts[i]:starts[i + 1]]))
+    frames += ctx.decode(None)
+    if len(frames) != n_frames:
+        raise ValueError(f"an H.264 clip of {n_frames} packets decoded to {len(frames)} frames (corrupt shard?)")
+    to_rgb = _converter("to_rgb")
+    for k, frame in enumerate(frames):
+        out[k] = to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()[:height, :width]
     return out
 
 
 def decode_jpeg_on(device: torch.device, data: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
     """JPEG packets -> uint8 [n, H, W, 3] on `device`, decoded in one batch (nvjpeg on CUDA)."""
     starts = offsets - offsets[0]
+    data = data if data.flags.writeable else data.copy()  # torch tensors need writable memory
     images = tvio.decode_jpeg([torch.from_numpy(data[starts[i]:starts[i + 1]]) for i in range(len(offsets) - 1)],
                               mode=tvio.ImageReadMode.RGB, device=device)
     return torch.stack(images).permute(0, 2, 3, 1)

@@ -155,9 +155,9 @@ class ShardReader:
         (nvjpeg on a GPU); other codecs decode on the CPU and are copied."""
         device = torch.device(device)
         window = clips if clips is not None else slice(None)
-        if self.codec != "jpeg":
-            return torch.from_numpy(self.read(("frames",), window)["frames"]).to(device)
         T, F, H, W = self.frame_shape
+        if self.codec != "jpeg" or not len(range(*window.indices(T))):
+            return torch.from_numpy(self.read(("frames",), window)["frames"]).to(device)
         with safe_open(str(self.path), framework="numpy") as f:
             parts = list(self._clip_packets(f, window))
         data = np.concatenate([d for _, d, _ in parts])
