@@ -37,3 +37,4 @@ viz: bootstrap
 bench: bootstrap
 	$(BIN)/python benchmarks/bench_ingestion.py
 	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/bench_storage.py

@@ -85,7 +85,7 @@ def demo_batches(tmp_path_factory):
     from pemt_pipeline.media.folder import VideoSource, build_index
     from pemt_pipeline.media.ingest import IngestConfig, ingest_all
     from pemt_pipeline.media.synthetic import DemoConfig, generate_demo_dataset
-    from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, collate
+    from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, collate, model_batch
 
     root = tmp_path_factory.mktemp("pruning_demo")
     files, _ = generate_demo_dataset(DemoConfig(n_videos=8, min_duration_s=3, max_duration_s=4,
@@ -98,6 +98,6 @@ def demo_batches(tmp_path_factory):
                        workers=1, progress=False)
     manifest, rejects, _ = ingest_all(build_index(VideoSource(root)), cfg)
     assert rejects.empty and len(manifest) == 8
-    dataset = ShardClipDataset(manifest, AugmentConfig(crop=28, short_side_range=(28, 32)),
-                               train=True)
-    return [collate([dataset[i] for i in range(j, j + 4)]) for j in (0, 4)]
+    augment = AugmentConfig(crop=28, short_side_range=(28, 32))
+    dataset = ShardClipDataset(manifest, augment, train=True)
+    return [model_batch(collate([dataset[i] for i in range(j, j + 4)]), "cpu", augment) for j in (0, 4)]

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from pemt_pipeline.features.embed import clip_table
 from pemt_pipeline.features.transforms import video_clips
 from pemt_pipeline.media.shards import load_shard, write_shard
-from pemt_pipeline.training import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate
+from pemt_pipeline.training import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate, model_batch
 
 T, FRAMES, H, W, MELS, L = 3, 4, 10, 14, 16, 20
 AUG = AugmentConfig(crop=8, short_side_range=(8, 10), flip=0.5, frame_jitter=1, freq_mask=0.1, time_mask=0.1)
@@ -44,7 +44,7 @@ def manifest(tmp_path) -> pd.DataFrame:
 def test_item_shapes_and_dtypes(manifest):
     for train in (True, False):
         item = ShardClipDataset(manifest, AUG, train=train)[1]
-        assert item["video"].shape == (T, 3, FRAMES, 8, 8) and item["video"].dtype == torch.float32
+        assert item["video"].shape == (T, 3, FRAMES, 8, 8) and item["video"].dtype == torch.uint8
         assert item["audio"].shape == (T, MELS, L) and item["audio"].dtype == torch.float32
         assert item["clip_mask"].dtype == torch.bool and item["clip_mask"].tolist() == [True] * 3
         assert item["video_index"].dtype == torch.int64 and int(item["video_index"]) == 1
@@ -54,7 +54,7 @@ def test_item_shapes_and_dtypes(manifest):
 def test_eval_item_is_the_centre_crop_and_raw_audio(manifest):
     item = ShardClipDataset(manifest, AUG, train=False)[0]
     shard = load_shard(manifest.shard_path[0])
-    torch.testing.assert_close(item["video"], video_clips(shard["frames"], 8), rtol=0, atol=0)
+    torch.testing.assert_close(model_batch(item, "cpu", AUG)["video"], video_clips(shard["frames"], 8), rtol=0, atol=0)
     torch.testing.assert_close(item["audio"], torch.from_numpy(shard["log_mel"]), rtol=0, atol=0)
 
 
@@ -89,7 +89,7 @@ def test_flip_really_flips(tmp_path):
     always = ShardClipDataset(manifest, AugmentConfig(**base, flip=1.0), train=True)[0]["video"]
     assert torch.equal(never, eval_video)
     assert torch.equal(always, eval_video.flip(-1))
-    assert always[..., -1].min() > 0 > always[..., 0].max()  # the stripe moved to the right
+    assert always[..., -1].min() == 255 and always[..., 0].max() == 0  # the stripe moved to the right
 
 
 def test_crop_window_stays_within_resized_range(tmp_path):
@@ -98,7 +98,7 @@ def test_crop_window_stays_within_resized_range(tmp_path):
     manifest = make_manifest(tmp_path, (3,), frames=frames)
     cfg = AugmentConfig(crop=8, short_side_range=(8, 8), flip=0.0, freq_mask=0.0, time_mask=0.0)
     video = ShardClipDataset(manifest, cfg, train=True)[0]["video"]
-    column = video[0, 0, 0, :, 0] * cfg.std + cfg.mean  # [8] rows of one column
+    column = video[0, 0, 0, :, 0] / 255  # [8] rows of one column
     assert column[0] < 0.1 and column[-1] > 0.8  # both ends of the gradient are in the crop
 
 
@@ -113,7 +113,7 @@ def test_frame_jitter_shifts_within_the_clip_repeating_edges(tmp_path):
         ds.set_epoch(epoch)
         video = ds[0]["video"]  # [T, 3, F, 8, 8]
         for clip in video:
-            index = ((clip[0, :, 0, 0] * cfg.std + cfg.mean) * 255 / 50).round().long()  # source frames
+            index = (clip[0, :, 0, 0] / 50).round().long()  # source frames
             shift = int(index[0]) if index[0] > 0 else int(index[-1]) - (FRAMES - 1)
             assert torch.equal(index, (torch.arange(FRAMES) + shift).clamp(0, FRAMES - 1))
             shifts.add(shift)
@@ -183,6 +183,9 @@ def test_dataloader_batch_over_video_batches(manifest):
     loader = DataLoader(ds, batch_sampler=VideoBatchSampler(3, 2, seed=0), collate_fn=collate)
     (batch,) = list(loader)
     assert batch["video"].shape == (2, T, 3, FRAMES, 8, 8) and batch["audio"].shape == (2, T, MELS, L)
+    inputs = model_batch(batch, "cpu", AUG)  # what the model sees: normalised float clips
+    assert inputs["video"].dtype == torch.float32
+    torch.testing.assert_close(inputs["video"], (batch["video"] / 255.0 - AUG.mean) / AUG.std)
     assert batch["clip_mask"].shape == batch["clip_ids"].shape == (2, T) and batch["video_index"].shape == (2,)
 
 

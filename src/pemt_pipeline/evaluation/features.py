@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from pemt_pipeline.features.embed import resolve_device
 from pemt_pipeline.models import PEMTModel
-from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, collate
+from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, collate, model_batch
 from pemt_pipeline.training.losses import CPPHead, cpp_summary
 
 
@@ -59,8 +59,9 @@ def video_features(model: PEMTModel, manifest: pd.DataFrame, augment: AugmentCon
     pooled: dict[str, list[Tensor]] = {}
     keep = {"visual": [], "audio": [], "mask": []}
     for batch in tqdm(loader, desc="features", unit="batch", disable=not progress):
-        mask = batch["clip_mask"].to(dev)  # [B, T]
-        v, a = model.embed_clips(batch["video"].to(dev), batch["audio"].to(dev), mask)
+        batch = model_batch(batch, dev, augment)
+        mask = batch["clip_mask"]  # [B, T]
+        v, a = model.embed_clips(batch["video"], batch["audio"], mask)
         streams = model.contextualize(v, a, mask, mask)
         out = {"visual_cnn": _mean(v, mask), "audio_cnn": _mean(a, mask)}
         for m in ("visual", "audio"):

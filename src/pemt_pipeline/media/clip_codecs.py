@@ -49,7 +49,7 @@ class ClipCodec:
     """
 
     name: str = "h264"
-    h264_crf: int = 18
+    h264_crf: int = 17
     h264_preset: str = "veryfast"
     jpeg_quality: int = 90
 

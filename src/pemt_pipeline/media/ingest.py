@@ -117,7 +117,7 @@ class IngestConfig:
     min_decoded_fraction: float = 0.9
     max_timestamp_gap_s: float = 60.0
     frame_codec: str = "h264"
-    h264_crf: int = 18
+    h264_crf: int = 17
     h264_preset: str = "veryfast"
     jpeg_quality: int = 90
     # The fields below do not change a shard's content.

@@ -1,6 +1,6 @@
 """Training library (no Kedro): data over clip shards, pretraining objectives."""
 
-from .data import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate, make_generator
+from .data import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate, make_generator, model_batch
 from .losses import (
     CPPHead,
     LossConfig,
@@ -16,5 +16,5 @@ from .losses import (
 __all__ = [
     "AugmentConfig", "CPPHead", "LossConfig", "MEPHead", "PretrainingObjective",
     "ShardClipDataset", "VideoBatchSampler", "collate", "cpp_loss", "cpp_pairs", "cpp_summary",
-    "make_generator", "mask_positions", "mep_loss",
+    "make_generator", "mask_positions", "mep_loss", "model_batch",
 ]

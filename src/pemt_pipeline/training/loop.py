@@ -42,7 +42,7 @@ from pemt_pipeline.training.checkpoint import (
     set_rng_state,
 )
 from pemt_pipeline.training.data import VARIANTS as BATCH_VARIANTS
-from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate, derive_seed
+from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate, derive_seed, model_batch
 from pemt_pipeline.training.losses import LossConfig, PretrainingObjective
 
 logger = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ def run_training(inputs: TrainInputs, ctx: _Context | None = None) -> dict[str, 
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch)
         for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = model_batch(batch, device, augment)
             torch.manual_seed(derive_seed(cfg.seed, step, micro, ctx.rank))  # dropout
             generator = torch.Generator().manual_seed(derive_seed(cfg.seed, step, micro, 1))  # same on all ranks
             last_micro = micro == cfg.grad_accum - 1

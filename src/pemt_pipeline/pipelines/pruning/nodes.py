@@ -47,7 +47,7 @@ from pemt_pipeline.pruning import (
 )
 from pemt_pipeline.pruning.base import plain_sigmas
 from pemt_pipeline.training.checkpoint import TrainedModel, load_checkpoint, trained_from_state
-from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate
+from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate, model_batch
 from pemt_pipeline.training.losses import LossConfig, PretrainingObjective
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,8 @@ def embed_batches(base: TrainedModel, manifest: pd.DataFrame, params: dict[str, 
                          f"({cfg.batch_size})")
     device = resolve_device(cfg.device)
     model = base.model.eval().to(device)
-    dataset = ShardClipDataset(subset, AugmentConfig.from_dict(augment), train=True, seed=cfg.seed)
+    augment_cfg = AugmentConfig.from_dict(augment)
+    dataset = ShardClipDataset(subset, augment_cfg, train=True, seed=cfg.seed)
     sampler = VideoBatchSampler(len(dataset), cfg.batch_size, "random", seed=cfg.seed)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
     batches: list[dict[str, Tensor]] = []
@@ -178,7 +179,8 @@ def embed_batches(base: TrainedModel, manifest: pd.DataFrame, params: dict[str, 
             sampler.set_epoch(epoch)
             for batch in loader:
                 mask = batch["clip_mask"]
-                v, a = model.embed_clips(batch["video"].to(device), batch["audio"].to(device), mask.to(device))
+                inputs = model_batch(batch, device, augment_cfg)
+                v, a = model.embed_clips(inputs["video"], inputs["audio"], inputs["clip_mask"])
                 batches.append({"video": v.float().cpu(), "audio": a.float().cpu(), "clip_mask": mask,
                                 "video_index": batch["video_index"]})
                 if len(batches) == cfg.batches:
