@@ -212,6 +212,19 @@ def test_one_clip_needs_none_of_the_other_clips_bytes(codec, k, natural, tmp_pat
             assert read_fails_or_differs(corrupted, slice(t, t + 1), full[t:t + 1]), f"clip {t} was corrupted"
 
 
+def test_a_damaged_clip_is_an_error_naming_the_shard_and_clip(natural, tmp_path):
+    path = shard_of(tmp_path, natural, "h264")
+    T, F = ShardReader(path).frame_shape[:2]
+    with safe_open(str(path), framework="numpy") as f:
+        offsets = f.get_tensor("frame_offsets")
+    start, _ = tensor_span(path, "frame_data")
+    blob = bytearray(path.read_bytes())
+    blob[start:start + int(offsets[F])] = bytes(int(offsets[F]))  # clip 0's packets zeroed: no NAL units
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ShardError, match=rf"clip 0 of '.*{path.name}' cannot be decoded.*run the ingestion"):
+        ShardReader(path).read(("frames",))
+
+
 # --------------------------------------------------------------------------- 3. old and foreign shards
 
 

@@ -146,8 +146,12 @@ class ShardReader:
         T, F, H, W = self.frame_shape
         n = len(range(*window.indices(T)))
         frames = np.empty((n, F, H, W, 3), np.uint8)
-        for k, (_, data, offsets) in enumerate(self._clip_packets(f, window)):
-            decode_clip(self.codec, data, offsets, H, W, out=frames[k])
+        for k, (t, data, offsets) in enumerate(self._clip_packets(f, window)):
+            try:
+                decode_clip(self.codec, data, offsets, H, W, out=frames[k])
+            except Exception as exc:  # noqa: BLE001 - av / torchvision errors on damaged bytes
+                raise ShardError(f"clip {t} of {str(self.path)!r} cannot be decoded ({type(exc).__name__}: "
+                                 f"{exc}): the shard is damaged, run the ingestion pipeline again") from None
         return frames
 
     def frames_on(self, device: torch.device | str, clips: slice | None = None) -> torch.Tensor:
