@@ -26,7 +26,7 @@ from pemt_pipeline.media.clip_codecs import ClipCodec
 from pemt_pipeline.media.folder import VideoSource, build_index
 from pemt_pipeline.media.ingest import IngestConfig, ingest_all
 from pemt_pipeline.media.shards import (SHARD_FORMAT, TENSOR_NAMES, ShardError, ShardReader, encode_frames,
-                                        read_metadata, write_shard)
+                                        read_metadata, read_record, write_shard)
 from pemt_pipeline.media.synthetic import DemoConfig, generate_demo_dataset
 from pemt_pipeline.training import AugmentConfig, ShardClipDataset, collate
 
@@ -248,7 +248,7 @@ def test_old_format_shard_loads_as_raw(natural, ingested, tmp_path):
     for name in TENSOR_NAMES:
         np.testing.assert_array_equal(back[name], natural[name], err_msg=name)
     np.testing.assert_array_equal(reader.read(("frames",), clips=slice(2, 3))["frames"], natural["frames"][2:3])
-    assert reader.record()["video_id"] == read_metadata(source)["video_id"]
+    assert read_record(path)["video_id"] == read_metadata(source)["video_id"]
 
 
 def test_ingestion_rebuilds_an_old_format_shard(demo_index, ingested, tmp_path):
@@ -350,7 +350,7 @@ def test_manifest_records_codec_and_sizes(ingested):
                 assert row.frame_bytes == T * F * H * W * 3
             file_size = Path(row.shard_path).stat().st_size
             assert row.frame_bytes < row.shard_bytes <= file_size < row.shard_bytes + 16 * 1024  # + the header
-            assert reader.record()["frame_bytes"] == row.frame_bytes
+            assert read_record(row.shard_path)["frame_bytes"] == row.frame_bytes
         sizes[codec] = manifest.set_index("video_id").frame_bytes
     assert (sizes["h264"] * 10 < sizes["raw"]).all()
     assert (sizes["jpeg"] * 4 < sizes["raw"]).all()

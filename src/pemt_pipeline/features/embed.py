@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from pemt_pipeline.configs import DEVICE, NON_EMPTY, above, at_least, from_params, optional, require
 from pemt_pipeline.features.store import ClipEmbeddings, EmbeddingWriter
-from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, audio_clips, center_crop_box, normalize_video
+from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, audio_clips, center_crop_clips, normalize
 from pemt_pipeline.media.shards import ShardReader
 from pemt_pipeline.models import ModelConfig, PEMTModel
 
@@ -109,12 +109,10 @@ def _batches(manifest: pd.DataFrame, cfg: EmbedConfig, decode_device: torch.devi
     for video in manifest.itertuples():
         reader = ShardReader(video.shard_path)
         shard = reader.read(("log_mel", "clip_mask"))
-        real = torch.from_numpy(shard["clip_mask"].astype(bool))
-        frames = reader.frames_on(decode_device)[real.to(decode_device)]  # uint8 [n, F, H, W, 3]
-        top, left = center_crop_box(frames.shape[2], frames.shape[3], cfg.crop)
-        window = frames[:, :, top:top + cfg.crop, left:left + cfg.crop]
-        videos.append(normalize_video(window, cfg.mean, cfg.std))  # [n, 3, F, crop, crop]
-        audios.append(audio_clips(shard["log_mel"][shard["clip_mask"]]).to(decode_device))
+        real = shard["clip_mask"].astype(bool)
+        frames = reader.frames_on(decode_device)[torch.from_numpy(real).to(decode_device)]  # uint8 [n, F, H, W, 3]
+        videos.append(normalize(center_crop_clips(frames, cfg.crop), cfg.mean, cfg.std))  # [n, 3, F, crop, crop]
+        audios.append(audio_clips(shard["log_mel"][real]).to(decode_device))
         held += int(real.sum())
         while held >= cfg.batch_size:
             v, a = torch.cat(videos), torch.cat(audios)

@@ -34,10 +34,12 @@ def normalize_video(frames: Tensor, mean: float = VIDEO_MEAN, std: float = VIDEO
     return normalize(frames, mean, std).movedim(-1, -4)
 
 
-def center_crop_clips(frames: np.ndarray, crop: int) -> Tensor:
-    """uint8 [N, F, H, W, 3] -> uint8 [N, 3, F, crop, crop], the centre crop."""
+def center_crop_clips(frames: np.ndarray | Tensor, crop: int) -> Tensor:
+    """uint8 [N, F, H, W, 3] (array, or tensor on any device) -> uint8 [N, 3, F, crop, crop], the
+    centre crop (a copy: it does not keep the whole frames alive)."""
+    frames = torch.as_tensor(frames)
     top, left = center_crop_box(frames.shape[2], frames.shape[3], crop)
-    return torch.from_numpy(np.ascontiguousarray(frames[:, :, top:top + crop, left:left + crop])).movedim(-1, 1)
+    return frames[:, :, top:top + crop, left:left + crop].contiguous().movedim(-1, 1)
 
 
 def video_clips(frames: np.ndarray, crop: int, mean: float = VIDEO_MEAN, std: float = VIDEO_STD) -> Tensor:

@@ -168,9 +168,6 @@ class ShardReader:
         offsets = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(o) for _, _, o in parts]))])
         return decode_jpeg_on(device, data, offsets).reshape(len(parts), F, H, W, 3)
 
-    def record(self) -> dict:
-        return json.loads(self.metadata["record"])
-
 
 def load_shard(path: str | os.PathLike, names: tuple[str, ...] = TENSOR_NAMES, clips: slice | None = None) -> dict[str, np.ndarray]:
     """`ShardReader(path).read(names, clips)`: some tensors of a shard, frames decoded."""
