@@ -34,7 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pemt_pipeline.models import ModelConfig, PEMTModel, load_model_config  # noqa: E402
+from pemt_pipeline.models import ModelConfig, PEMTModel  # noqa: E402
+from pemt_pipeline.project_config import project_model_config  # noqa: E402
 from pemt_pipeline.models.param_table import format_table  # noqa: E402
 
 VARIANTS = {"unshared": (False, "none"), "cross_layer": (True, "none"),
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
                "sections": {}}
     sec = results["sections"]
 
-    small = load_model_config(ROOT / "conf", "base")
+    small = project_model_config(ROOT / "conf", "base")
     video, audio = video_batch(2, small.max_clips, **BASE_CLIPS, device=device)
     sec["small_with_cnns"] = run_section(
         f"small config with CNNs (conf/base), 2 videos x {small.max_clips} clips",

@@ -43,10 +43,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pemt_pipeline.profiling import PeakMemory
-from pemt_pipeline.sampling import NegativeConfig, reference_table
-from pemt_pipeline.sampling.approximate import ApproximateBuilder
-from pemt_pipeline.sampling.blockwise import CHUNK, ExactBuilder, make_plan
+from pemt_pipeline.profiling import PeakMemory  # noqa: E402 (after the sys.path line)
+from pemt_pipeline.sampling import NegativeConfig, reference_table  # noqa: E402 (after the sys.path line)
+from pemt_pipeline.sampling.approximate import ApproximateBuilder  # noqa: E402 (after the sys.path line)
+from pemt_pipeline.sampling.blockwise import CHUNK, ExactBuilder, make_plan  # noqa: E402 (after the sys.path line)
 
 D, CLIPS, CLASSES = 512, 10, 700
 PROBE_BLOCKS = 4

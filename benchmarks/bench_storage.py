@@ -59,9 +59,9 @@ from pemt_pipeline.media.folder import VideoSource, build_index
 from pemt_pipeline.media.ingest import IngestConfig, ingest_all
 from pemt_pipeline.media.shards import ShardReader
 from pemt_pipeline.media.synthetic import DemoConfig, generate_demo_dataset
-from pemt_pipeline.models import load_model_config
-from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, collate
-from pemt_pipeline.training.loop import prepare_inputs, run_training
+from pemt_pipeline.project_config import project_model_config
+from pemt_pipeline.features.dataset import AugmentConfig, ShardClipDataset, collate
+from pemt_pipeline.training.loop import prepare_inputs, run_training, training_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("base", "paper")
@@ -251,8 +251,9 @@ def training_rate(manifest: pd.DataFrame, warmup: int, steps: int, where: Path) 
     params.update(steps=warmup + steps, log_every=1, checkpoint_every=warmup + steps, progress=False, resume=False,
                   device="cpu", checkpoint_dir=str(where / "ckpt"), dvclive_dir=str(where / "live"))
     clips = clip_table(manifest)
-    inputs = prepare_inputs(manifest, clips, uniform_negatives(clips), load_model_config(ROOT / "conf", "base").to_dict(),
-                            loss, augment, params)
+    train_cfg, loss_cfg, augment_cfg = training_configs({**params, "loss": loss, "augment": augment})
+    inputs = prepare_inputs(manifest, clips, uniform_negatives(clips), project_model_config(ROOT / "conf", "base"),
+                            loss_cfg, augment_cfg, train_cfg)
     n_clips = inputs.manifest["n_clips"]
     if n_clips.nunique() != 1:
         raise RuntimeError("videos with different clip counts: clips per step is not known exactly")
@@ -296,7 +297,8 @@ def loader_checks(r: dict) -> dict:
 
 
 def training_checks(r: dict) -> dict:
-    return {"within": r["over_raw"] >= 1 - TARGETS["training_within"] if r["codec"] != "raw" and r["over_raw"] else None}
+    within = r["over_raw"] >= 1 - TARGETS["training_within"] if r["codec"] != "raw" and r["over_raw"] else None
+    return {"within": within}
 
 
 def verdict(ok: bool | None) -> str:
@@ -421,7 +423,8 @@ def main() -> None:
     print_training(training_rows)
     print(f"\nwall time {wall:.0f} s ({'quick' if args.quick else 'full'} run, {args.repeats} repeat(s))")
     report = {"benchmark": "storage", "platform": platform.platform(), "cpu_count": os.cpu_count(),
-              "torch": torch.__version__, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "torch": torch.__version__,
+              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "targets": TARGETS, "wall_seconds": wall,
               "storage": [{k: v for k, v in r.items() if k != "manifest"} for r in storage_rows],
               "loader": loader_rows, "training": training_rows}

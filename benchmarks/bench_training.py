@@ -38,8 +38,9 @@ def _cpu_variant(name: str, steps: int, queue: mp.Queue) -> None:
     import yaml
 
     from pemt_pipeline.features import ClipEmbeddings
-    from pemt_pipeline.models import load_model_config
-    from pemt_pipeline.training.loop import prepare_inputs, run_training
+    from pemt_pipeline.project_config import project_model_config
+    from pemt_pipeline.models import ModelConfig
+    from pemt_pipeline.training.loop import prepare_inputs, run_training, training_configs
 
     os.chdir(ROOT)
     manifest = pd.read_parquet("data/03_primary/manifest.parquet")
@@ -47,11 +48,12 @@ def _cpu_variant(name: str, steps: int, queue: mp.Queue) -> None:
     negatives = pd.read_parquet("data/05_model_input/negatives.parquet")
     params = yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())["training"]
     loss, augment = params.pop("loss"), params.pop("augment")
-    model = {**load_model_config(ROOT / "conf").to_dict(), **VARIANTS[name]}
+    model = {**project_model_config(ROOT / "conf", "base").to_dict(), **VARIANTS[name]}
     with tempfile.TemporaryDirectory() as tmp:
         params.update(steps=steps, log_every=steps, checkpoint_every=steps, progress=False, warmup_steps=1,
                       checkpoint_dir=f"{tmp}/ckpt", dvclive_dir=f"{tmp}/live")
-        inputs = prepare_inputs(manifest, clips, negatives, model, loss, augment, params)
+        train_cfg, loss_cfg, augment_cfg = training_configs({**params, "loss": loss, "augment": augment})
+        inputs = prepare_inputs(manifest, clips, negatives, ModelConfig.from_dict(model), loss_cfg, augment_cfg, train_cfg)
         summary = run_training(inputs)
     queue.put({"clips_per_second": summary["final"]["clips_per_second"], "wall_seconds": summary["wall_seconds"],
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
@@ -86,10 +88,11 @@ def gpu_rows(videos: int, peak_tflops: float) -> dict[str, dict]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pemt_pipeline.models import ModelConfig, load_model_config
+    from pemt_pipeline.models import ModelConfig
+    from pemt_pipeline.project_config import project_model_config
     from pemt_pipeline.training.losses import LossConfig, PretrainingObjective
 
-    paper = load_model_config(ROOT / "conf", env="paper").to_dict()
+    paper = project_model_config(ROOT / "conf", env="paper").to_dict()
     rows = {}
     for name, overrides in VARIANTS.items():
         cfg = ModelConfig.from_dict({**paper, **overrides})
@@ -158,7 +161,8 @@ def main() -> None:
     for name, row in report["cpu"].items():
         print(f"{name:<26} {row['clips_per_second']:8.1f} {row['peak_rss_mb']:12.0f}")
     cpu = report["cpu"]
-    print(f"low-rank / unshared: throughput x{cpu['lowrank shared']['clips_per_second'] / cpu['unshared']['clips_per_second']:.2f}, "
+    speedup = cpu['lowrank shared']['clips_per_second'] / cpu['unshared']['clips_per_second']
+    print(f"low-rank / unshared: throughput x{speedup:.2f}, "
           f"peak memory x{cpu['lowrank shared']['peak_rss_mb'] / cpu['unshared']['peak_rss_mb']:.2f}")
     if args.chain:
         report["default_chain_seconds"] = chain_seconds()

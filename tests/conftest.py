@@ -40,6 +40,21 @@ def real_clips() -> Path:
     return shared_data("real_clips")
 
 
+def env_params(group: str, overrides: dict | None = None, env: str = "test") -> dict:
+    """The parameter group `group` as a Kedro run in `env` sees it (the checkout's conf/base, then
+    conf/<env>, merged by the project's config loader: soft, key by key, lists replaced; ${globals:...}
+    resolved), then `overrides` merged the same way: for library-level tests, which build their
+    configs without a Kedro session."""
+    from kedro.config import OmegaConfigLoader
+    from omegaconf import OmegaConf
+
+    from pemt_pipeline.settings import CONFIG_LOADER_ARGS
+
+    args = {k: v for k, v in CONFIG_LOADER_ARGS.items() if k != "default_run_env"}
+    params = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), env=env or "base", **args)["parameters"][group]
+    return OmegaConf.to_container(OmegaConf.merge(params, overrides or {}))
+
+
 def make_project_copy(where: Path) -> Path:
     """A throwaway copy of the project (configuration and pyproject) in `where`.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import PROJECT_ROOT, shared_data
+from tests.conftest import PROJECT_ROOT, env_params, shared_data
 
 
 def _project_files() -> list[str]:
@@ -25,30 +25,29 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout + proc.stderr
 
 
-# Test-sized values written into the clone's parameter files (the stages read conf/base).
-SMALL = {
-    "parameters_demo_data.yml": {"demo_data": {"n_videos": 8, "min_duration_s": 3.0, "max_duration_s": 4.0}},
-    "parameters_training.yml": {"training": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 2}},
-    "parameters_report.yml": {"report": {"steps": 2, "progress": False, "variants": {
-        "mid_lowrank": {"fusion": "mid", "share_layers": True, "share_transformers": "lowrank"},
-        "late_lowrank": {"fusion": "late", "share_layers": True, "share_transformers": "lowrank"}}}},
-    "parameters_pruning.yml": {"pruning": {"targets": [0.5], "batch_size": 4, "batches": 2,
-                                           "search": {"steps": 2}, "finetune": {"steps": 2}}},
+# The clone's conf/base gets the test environment's values (conf/test): the stages run `kedro run`, which
+# reads conf/base, the parameters DVC tracks. On purpose beyond it: a 4-step training and a 2-step report
+# of two variants (DVC's caching is tested, not the training), and parameters_negatives.yml kept as in
+# conf/base, since the test edits its `k: 32` line below.
+OWN = {
+    "training": {"steps": 4, "warmup_steps": 1},
+    "report": {"steps": 2},
 }
+VARIANTS = {"mid_lowrank": {"fusion": "mid", "share_layers": True, "share_transformers": "lowrank"},
+            "late_lowrank": {"fusion": "late", "share_layers": True, "share_transformers": "lowrank"}}
 STAGES = ("demo_data", "ingestion", "embedding", "negatives", "training", "evaluation", "audio_evaluation",
           "pruning", "report")
 
 
 def _shrink(conf: Path) -> None:
-    for name, override in SMALL.items():
-        params = yaml.safe_load((conf / name).read_text())
-        for section, values in override.items():
-            for key, value in values.items():
-                if isinstance(value, dict) and key != "variants":
-                    params[section][key].update(value)
-                else:
-                    params[section][key] = value
-        (conf / name).write_text(yaml.safe_dump(params, sort_keys=False))
+    for path in sorted((PROJECT_ROOT / "conf" / "test").glob("parameters_*.yml")):
+        group = path.stem.removeprefix("parameters_")
+        if group == "negatives":
+            continue
+        params = env_params(group, OWN.get(group))
+        if group == "report":
+            params["variants"] = VARIANTS  # the variants replace conf/base's (names are namespaces)
+        (conf / path.name).write_text(yaml.safe_dump({group: params}, sort_keys=False))
 
 
 def test_dvc_repro_twice_exp_run_and_push_pull(tmp_path):

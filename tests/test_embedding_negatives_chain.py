@@ -9,7 +9,10 @@ import pytest
 from pemt_pipeline.features import ClipEmbeddings
 from tests.conftest import run_kedro
 
-SMALL_DEMO = {"demo_data": {"n_videos": 8, "min_duration_s": 3.0, "max_duration_s": 4.0}}
+# On the demo, the test environment (conf/test) with one difference on purpose: conf/base's k = 32
+# candidates per anchor (asserted; above the 26 that the 95% interval leaves of an anchor's 28
+# other-video clips here, so the cap is exercised), where conf/test keeps 8.
+DEMO = {"negatives": {"k": 32}}
 
 
 def _check_outputs(project, k: int):
@@ -35,12 +38,14 @@ def _check_outputs(project, k: int):
 
 
 def test_embedding_and_negatives_on_the_demo(project):
-    run_kedro(project, ["demo_data", "ingestion", "embedding", "negatives"], SMALL_DEMO)
+    run_kedro(project, ["demo_data", "ingestion", "embedding", "negatives"], DEMO, env="test")
     _check_outputs(project, k=32)
 
 
 @pytest.mark.parametrize("space,variant", [("visual", "dissimilar"), ("audio", "random")])
 def test_embedding_and_negatives_on_real_clips(project, real_clips, space, variant):
+    # conf/base, not the test environment: 7 of the real clips are accepted with its clips (16/15 s;
+    # conf/test's 0.5 s clips would also accept the 1 s one)
     params = {"ingestion": {"source_dir": str(real_clips)}, "negatives": {"space": space, "variant": variant, "k": 16}}
     run_kedro(project, ["ingestion", "embedding", "negatives"], params)
     manifest, clips, table = _check_outputs(project, k=16)

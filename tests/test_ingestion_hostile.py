@@ -9,11 +9,13 @@ import pytest
 from pemt_pipeline.media.folder import VideoSource, build_index
 from pemt_pipeline.media.ingest import IngestConfig, ingest_all
 from pemt_pipeline.media.shards import load_shard
-from tests.conftest import run_kedro
+from tests.conftest import env_params, run_kedro
 from tests.media.makers import make_video
 
-SMALL = {"fps": 10, "frames_per_clip": 4, "frame_stride": 1, "clips_per_video": 3, "short_side": 32,
-         "n_mels": 16, "mel_frames": 8, "workers": 2, "progress": False}
+# The test environment's ingestion (conf/test: 4-frame clips at 32 px, 16 x 8 log-mel) with, on purpose,
+# 3 clips per video at 10 fps (the shard shapes asserted below) and 2 workers (files in parallel).
+HOSTILE = {"fps": 10, "clips_per_video": 3, "workers": 2}
+SMALL = env_params("ingestion", HOSTILE)  # for the library-level calls, which have no Kedro session
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ EXPECTED_ACCEPTED = {"folder.mp4/inside.mp4", "good.mp4", "odd.mkv", "rotated.mp
 
 
 def test_hostile_files_are_rejected_with_reasons(project, hostile_folder):
-    run_kedro(project, ["ingestion"], {"ingestion": {"source_dir": str(hostile_folder), **SMALL}})
+    run_kedro(project, ["ingestion"], {"ingestion": {"source_dir": str(hostile_folder), **HOSTILE}}, env="test")
     manifest = pd.read_parquet("data/03_primary/manifest.parquet")
     rejects = pd.read_parquet("data/03_primary/rejects.parquet")
     assert dict(zip(rejects["source_path"], rejects["reason"])) == EXPECTED_REJECTS
@@ -83,7 +85,8 @@ def test_missing_audio_policy_silence_keeps_the_video(project, tmp_path):
     folder = tmp_path / "v"
     folder.mkdir()
     make_video(folder / "noaudio.mp4", seconds=2.0, audio=None)
-    run_kedro(project, ["ingestion"], {"ingestion": {"source_dir": str(folder), "missing_audio": "silence", **SMALL}})
+    run_kedro(project, ["ingestion"], {"ingestion": {"source_dir": str(folder), "missing_audio": "silence", **HOSTILE}},
+              env="test")
     row = pd.read_parquet("data/03_primary/manifest.parquet").iloc[0]
     assert row.audio_synthesized and row.silent_audio and row.audio_codec is None
 

@@ -22,10 +22,13 @@ from pemt_pipeline.media.decode import decode
 from pemt_pipeline.media.folder import VideoSource, build_index
 from pemt_pipeline.media.ingest import IngestConfig, ingest_all
 from pemt_pipeline.media.shards import load_shard
+from tests.conftest import env_params
 from tests.media.makers import make_av, make_video
 
-SMALL = {"fps": 10, "frames_per_clip": 4, "frame_stride": 1, "clips_per_video": 3, "short_side": 32,
-         "n_mels": 16, "mel_frames": 8, "workers": 1, "progress": False}
+# The test environment's ingestion (conf/test: 4-frame clips at 32 px, 16 x 8 log-mel) with, on purpose,
+# 3 clips per video at 10 fps (the clip plans these tests were written on) and one worker.
+LIMITS = {"fps": 10, "clips_per_video": 3, "workers": 1}
+SMALL = env_params("ingestion", LIMITS)  # for the library-level calls, which have no Kedro session
 
 
 def run(folder: Path, shard_dir: Path, **params):
@@ -268,7 +271,8 @@ def test_ingestion_manifest_written_with_a_dead_worker_through_kedro(project, tm
     make_video(folder / "good.mp4", seconds=1.5)
     make_video(folder / "victim.mp4", seconds=1.5)
     monkeypatch.setattr(ingest, "_ingest_media", _victim("die"))
-    run_kedro(project, ["ingestion"], {"ingestion": {"source_dir": str(folder), **SMALL, "missing_audio": "silence"}})
+    run_kedro(project, ["ingestion"], {"ingestion": {"source_dir": str(folder), **LIMITS, "missing_audio": "silence"}},
+              env="test")
     manifest = pd.read_parquet("data/03_primary/manifest.parquet")
     rejects = pd.read_parquet("data/03_primary/rejects.parquet")
     assert list(manifest["source_path"]) == ["good.mp4"]

@@ -12,6 +12,8 @@ import pandas as pd
 
 from tests.conftest import make_project_copy, run_kedro
 
+# conf/base, not the test environment (conf/test): its clips make a run long enough to be killed
+# part-way, and the real clips' outcomes (7 accepted) follow from them. One worker: shards appear one by one.
 PARAMS = {"workers": 1}
 
 

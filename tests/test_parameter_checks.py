@@ -16,7 +16,7 @@ from pemt_pipeline.configs import from_params
 from pemt_pipeline.hooks import PARAMETER_CHECKS, VARIANT_PREFIX, ParameterError, ReportSettings, check_parameters
 from pemt_pipeline.media.ingest import IngestConfig
 from pemt_pipeline.models import ModelConfig
-from pemt_pipeline.training.data import AugmentConfig
+from pemt_pipeline.features.dataset import AugmentConfig
 from tests.conftest import PROJECT_ROOT, run_kedro
 
 

@@ -6,27 +6,25 @@ import math
 
 import torch
 
-from pemt_pipeline.features.embed import load_model
-from pemt_pipeline.pipelines.pruning.nodes import transformer_parameters
-from pemt_pipeline.pruning import OPS, PrunedModel, transformer_flops
+from pemt_pipeline.models import load_model
+from pemt_pipeline.pruning import transformer_flops, transformer_parameters
+from pemt_pipeline.models import OPS, PrunedModel
 from pemt_pipeline.reporting.schema import validate_pruning
-from pemt_pipeline.training.checkpoint import load_trained
+from pemt_pipeline.models import load_trained
 from tests.conftest import run_kedro
 
-SMALL = {
-    "demo_data": {"n_videos": 8, "min_duration_s": 3.0, "max_duration_s": 4.0, "test_fraction": 0.25},
-    "ingestion": {"fps": 8, "frames_per_clip": 4, "frame_stride": 1, "clips_per_video": 4, "short_side": 32,
-                  "n_mels": 16, "mel_frames": 8},
-    "embedding": {"crop": 28, "progress": False},
-    "model": {"max_clips": 4, "visual": {"width": 4}, "audio": {"width": 4},
-              "transformer": {"hidden": 32, "n_layers": 2, "n_heads": 2, "ffn": 64}},
-    "negatives": {"k": 8},
-    "training": {"steps": 6, "batch_size": 4, "warmup_steps": 2, "log_every": 2, "checkpoint_every": 6,
-                 "progress": False, "augment": {"crop": 28}},
-    "evaluation": {"batch_size": 4, "progress": False, "probe": {"max_iter": 20}},
+# Beyond the test environment (conf/test), on purpose: two Transformer layers (each depth gets its own
+# op; the architecture asserted below has 2 per stream), 6 training steps with a checkpoint at the end
+# (the checkpoint the pruning starts from), and a cheaper evaluation (every pruned model is probed too).
+CHAIN = {
+    "model": {"transformer": {"n_layers": 2}},
+    "training": {"steps": 6, "checkpoint_every": 6},
+    "evaluation": {"batch_size": 4, "probe": {"max_iter": 20}},
 }
+# The pruning this test measures (its FLOPs moves, histories and counts are asserted): two targets,
+# 16 batches (conf/base's, not the test environment's 2), 8 search and 2 fine-tuning steps.
 PRUNING = {
-    "targets": [0.75, 0.5], "batch_size": 4, "init_score": 0.3,
+    "targets": [0.75, 0.5], "batch_size": 4, "batches": 16, "init_score": 0.3,
     # SGD moves each gate by its FLOPs: on this tiny model the layers switch one by one (Adam moves
     # every score at the same pace, so all attentions switch together, overshooting a 0.75 target)
     "search": {"steps": 8, "arch_optimizer": "sgd", "arch_lr": 10.0, "flops_weight": 5.0, "lr": 1.0e-3},
@@ -55,8 +53,11 @@ def check_measurements(entry: dict) -> None:
 
 
 def test_pruning_pipeline_prunes_to_each_target_and_reports(project):
-    run_kedro(project, None, SMALL)
-    run_kedro(project, ["pruning"], {**SMALL, "pruning": PRUNING}, to_outputs=["pruning_results"])
+    run_kedro(project, None, CHAIN, env="test")
+    # right after the default chain (as after `make demo`): the whole pipeline, rendering included
+    run_kedro(project, ["pruning"], {**CHAIN, "pruning": PRUNING}, env="test")
+    report = (project / "data/08_reporting/report.md").read_text()
+    assert "## Pruning" in report and "kedro run --pipelines report" in report  # its section, and the hint
     results = json.loads((project / "data/08_reporting/pruning_results.json").read_text())
     validate_pruning(results)  # what the report reads
 
@@ -104,7 +105,7 @@ def test_pruning_pipeline_prunes_to_each_target_and_reports(project):
         assert state["format"] == "pemt-pruned/1" and state["architecture"] == entry["architecture"]
         trained = load_trained(path)
         assert isinstance(trained.model, PrunedModel) and trained.cpp_head is not None
-        assert isinstance(load_model(trained.model.cfg, str(path)), PrunedModel)
+        assert isinstance(load_model(path), PrunedModel)
         assert transformer_flops(trained.model.cfg, trained.model.architecture()) == entry["flops"]
         if batch is None:
             g = torch.Generator().manual_seed(0)

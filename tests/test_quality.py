@@ -27,9 +27,9 @@ import yaml
 from pemt_pipeline.evaluation.features import video_features
 from pemt_pipeline.evaluation.probe import ProbeConfig
 from pemt_pipeline.evaluation.video import VideoEvalConfig, probe_report
-from pemt_pipeline.features.embed import load_model
-from pemt_pipeline.training.checkpoint import load_trained
-from pemt_pipeline.training.data import AugmentConfig
+from pemt_pipeline.models import random_model
+from pemt_pipeline.models import load_trained
+from pemt_pipeline.features.dataset import AugmentConfig
 from tests.conftest import run_kedro
 
 BASELINE_SEEDS = (0, 1, 2)
@@ -44,7 +44,7 @@ def random_init_audio_probe(project, trained) -> list[float]:
     augment = yaml.safe_load((conf / "parameters_training.yml").read_text())["training"]["augment"]
     manifest = pd.read_parquet(project / "data/03_primary/manifest.parquet")
     cfg = VideoEvalConfig.from_dict({**evaluation, "progress": False})
-    features = {seed: video_features(load_model(trained.model.cfg, None, seed), manifest,
+    features = {seed: video_features(random_model(trained.model.cfg, seed), manifest,
                                      AugmentConfig.from_dict(augment), cfg.batch_size, cfg.device, cfg.progress)
                 for seed in BASELINE_SEEDS}
     report = probe_report(features, manifest, cfg, ProbeConfig.from_dict(evaluation["probe"]))

@@ -1,4 +1,8 @@
-"""Kedro hooks: parameters are checked, and the run lock taken, before the first node runs.
+"""Kedro hooks: the run's parameters reach the pipeline registry; parameters are checked, and the
+run lock taken, before the first node runs.
+
+`RunParameters.after_context_created` gives the pipeline registry the session's parameters (so
+`--env` and `--params` can change and add report variants).
 
 `RunGuard.before_pipeline_run`
   1. parses every parameter section that the pipeline being run takes (`params:ingestion`,
@@ -6,7 +10,9 @@
      value stops the run with one line naming the key, before anything is read, written or pruned;
   2. takes the project's run lock, `data/.pemt_run.lock` (`pemt_pipeline.locking`): one run at a
      time writes the project's outputs. A second run stops at once with a message naming the run
-     that holds it, or waits up to PEMT_LOCK_WAIT_S seconds (-1: no limit) when that is set.
+     that holds it, or waits up to PEMT_LOCK_WAIT_S seconds (-1: no limit) when that is set;
+  3. checks that every file the pipeline reads and does not write exists, else releases the lock
+     and stops with one line naming the pipeline to run first.
 The lock is released when the pipeline ends (`after_pipeline_run` / `on_pipeline_error`) and by
 the OS when the process dies.
 """
@@ -21,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+import kedro.framework.project as kedro_project
 from kedro.framework.hooks import hook_impl
+from kedro.io import MemoryDataset
 
 from pemt_pipeline.configs import NON_EMPTY, at_least, check_type, from_params, require
 from pemt_pipeline.evaluation.audio import AudioFolderConfig
@@ -32,10 +40,11 @@ from pemt_pipeline.locking import WAIT_ENV, LockedError, exclusive, wait_seconds
 from pemt_pipeline.media.ingest import IngestConfig
 from pemt_pipeline.media.synthetic import DemoConfig
 from pemt_pipeline.models import ModelConfig
-from pemt_pipeline.pipelines.pruning.nodes import PruningConfig
+from pemt_pipeline.pipeline_registry import report_variants, use_run_parameters
+from pemt_pipeline.pruning import PruningConfig
 from pemt_pipeline.pipelines.report.nodes import variant_params
 from pemt_pipeline.sampling.config import SPACES, NegativeConfig
-from pemt_pipeline.training.data import AugmentConfig
+from pemt_pipeline.features.dataset import AugmentConfig
 from pemt_pipeline.training.loop import TrainConfig
 from pemt_pipeline.training.losses import LossConfig
 
@@ -169,8 +178,75 @@ def check_parameters(names: list[str], params: dict) -> None:
 
 
 # --------------------------------------------------------------------------- the hooks
+class RunParameters:
+    """Hands the session's parameters (with its `--env` and `--params`) to the pipeline registry
+    before the pipelines are built, so the report's variants follow the run's configuration."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        before = report_variants()
+        use_run_parameters(context.config_loader["parameters"])
+        if report_variants() != before:  # pipelines built for other variants: build them again
+            kedro_project.pipelines.configure(f"{kedro_project.PACKAGE_NAME}.pipeline_registry")
+
+
+class MissingInputError(click.ClickException):
+    """An input of the pipeline does not exist yet; shown by the kedro CLI as one `Error: ...` line
+    naming the pipeline to run first (status 1)."""
+
+
+def producing_pipeline(dataset: str) -> str | None:
+    """The registered pipeline (other than the default) that writes `dataset`, preferring the
+    earliest of the chain; None when no pipeline writes it (an input the user provides)."""
+    for name, pipeline in kedro_project.pipelines.items():
+        if name != "__default__" and dataset in pipeline.all_outputs():
+            return name
+    return None
+
+
+def dataset_path(dataset) -> str | None:
+    """The file or folder a catalog dataset reads or writes (None for in-memory ones)."""
+    if dataset is None or isinstance(dataset, MemoryDataset):
+        return None
+    where = dataset._describe()
+    return next((str(v) for k, v in where.items() if k in ("filepath", "path", "folder")), None)
+
+
+def check_inputs_exist(pipeline, catalog) -> None:
+    """Every file input of the pipeline that no node of it writes must exist (datasets that load
+    as None while missing, `optional = True`, may be absent); else one line saying what to run
+    (for several missing inputs: the earliest pipeline of the chain)."""
+    written = {dataset_path(catalog.get(name)) for name in pipeline.all_outputs()} - {None}
+    missing = []
+    for name in sorted(pipeline.inputs()):
+        if name.startswith("params:") or name == "parameters":
+            continue
+        dataset = catalog.get(name)
+        if dataset is None or isinstance(dataset, MemoryDataset) or getattr(dataset, "optional", False):
+            continue
+        path = dataset_path(dataset)
+        if path is not None and any(path == w or path.startswith(w.rstrip("/") + "/") for w in written):
+            continue  # another dataset of this run writes it first (e.g. demo_videos -> source_videos)
+        if not catalog.exists(name):
+            missing.append((name, dataset, producing_pipeline(name)))
+    if not missing:
+        return
+    order = {p: i for i, p in enumerate(DEFAULT_CHAIN)}
+    name, dataset, producer = min(missing, key=lambda m: order.get(m[2], len(order)))
+    path = dataset_path(dataset) or name
+    if producer is None:
+        raise MissingInputError(f"input {name!r} ({path}) does not exist: create it, or point the catalog at it")
+    default = " (or `kedro run`: the whole default chain on the demo data)" if producer in order else ""
+    raise MissingInputError(f"{name!r} ({path}) does not exist yet: run `kedro run --pipelines {producer}` "
+                            f"first{default}")
+
+
+DEFAULT_CHAIN = ("demo_data", "ingestion", "embedding", "negatives", "training", "evaluation")
+
+
 class RunGuard:
-    """Checks the run's parameters, then holds the run lock while the pipeline runs."""
+    """Checks the run's parameters and that its inputs exist, then holds the run lock while the
+    pipeline runs."""
 
     def __init__(self) -> None:
         self._lock = contextlib.ExitStack()
@@ -186,6 +262,11 @@ class RunGuard:
             self._lock.enter_context(exclusive(lock_path, "the project's data folder", wait_seconds(), hint))
         except LockedError as error:
             raise RunLockedError(str(error)) from None
+        try:  # with the lock held: a run that was writing them has finished
+            check_inputs_exist(pipeline, catalog)
+        except MissingInputError:
+            self._lock.close()
+            raise
 
     @hook_impl
     def after_pipeline_run(self) -> None:

@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from kedro.pipeline import Pipeline
 
 from pemt_pipeline.pipelines import demo_data, embedding, evaluation, ingestion, negatives, pruning, report, training
+from pemt_pipeline.project_config import project_parameters
+
+_run_parameters: dict[str, Any] | None = None  # set by hooks.RunParameters once Kedro loaded the run's config
+
+
+def use_run_parameters(parameters: dict[str, Any]) -> None:
+    """The parameters of the session about to run (its `--env` and `--params` applied)."""
+    global _run_parameters
+    _run_parameters = parameters
+
+
+def report_variants() -> list[str]:
+    """The names of `report.variants`: from the running session's parameters, else (pipelines listed
+    outside a run, e.g. by kedro-viz) from the project's configuration."""
+    params = _run_parameters
+    if params is None:
+        conf = Path.cwd() / "conf"
+        if not conf.is_dir():  # e.g. a notebook in notebooks/: the checkout this package runs from
+            conf = Path(__file__).resolve().parents[2] / "conf"
+        params = project_parameters(conf) if conf.is_dir() else {}
+    return list((params.get("report") or {}).get("variants") or {})
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     """`kedro run` (the default) runs the chain on the embedded demo data, up to the video evaluation;
     `--pipelines ingestion` ingests `ingestion.source_dir` (a runtime parameter; the demo folder by
     default), and the later pipelines work on whatever was ingested last. `report` trains and
-    compares the fusion/sharing grid; `pruning` prunes the trained model and adds its section."""
+    compares the fusion/sharing grid; `pruning` prunes the trained model and renders the report
+    (its section alone until the report pipeline has run, then joined to the fusion comparison)."""
     pipelines = {
         "demo_data": demo_data.create_pipeline(),
         "ingestion": ingestion.create_pipeline(),
@@ -19,9 +44,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         "negatives": negatives.create_pipeline(),
         "training": training.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
-        # pruning also re-renders the report with its section (dvc's stage stops at pruning_results)
         "pruning": pruning.create_pipeline() + report.render_pipeline(),
-        "report": report.create_pipeline(),
+        "report": report.create_pipeline(report_variants()),
     }
     on_demo = Pipeline(pipelines["ingestion"], inputs={"source_videos": "demo_videos"})
     video_evaluation = pipelines["evaluation"].only_nodes_with_tags("video")  # no audio downstream folder needed

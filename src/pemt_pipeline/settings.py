@@ -2,16 +2,12 @@
 
 from kedro.config import OmegaConfigLoader
 
-from pemt_pipeline.hooks import RunGuard
+from pemt_pipeline.hooks import RunGuard, RunParameters
+from pemt_pipeline.project_config import CONFIG_LOADER_ARGS
 
-# Before the first node: check the run's parameters, then take the run lock (pemt_pipeline.hooks).
-HOOKS = (RunGuard(),)
+# The run's parameters reach the pipeline registry; before the first node: check the parameters,
+# then take the run lock (pemt_pipeline.hooks).
+HOOKS = (RunParameters(), RunGuard())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-CONFIG_LOADER_ARGS = {
-    "base_env": "base",
-    "default_run_env": "local",
-    # Soft merge: `--params ingestion.fps=10` or an environment such as `--env paper` overrides
-    # one key and keeps its siblings.
-    "merge_strategy": {"parameters": "soft", "globals": "soft"},
-}
+CONFIG_LOADER_ARGS = CONFIG_LOADER_ARGS  # base + env (default local), parameters soft-merged

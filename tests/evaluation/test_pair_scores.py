@@ -4,7 +4,7 @@ import torch
 
 from pemt_pipeline.evaluation.features import VideoFeatures, pair_scores
 from pemt_pipeline.models import ModelConfig, PEMTModel
-from pemt_pipeline.training.losses import CPPHead, cpp_summary
+from pemt_pipeline.models import CPPHead, cpp_summary
 from tests.training.conftest import TINY_MODEL
 
 

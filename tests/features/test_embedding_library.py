@@ -5,19 +5,18 @@ import pandas as pd
 import pytest
 import torch
 
-from pemt_pipeline.features import EmbedConfig, audio_clips, embed_clips, load_model, video_clips
+from pemt_pipeline.features import EmbedConfig, audio_clips, embed_clips, video_clips
+from pemt_pipeline.models import load_model, random_model
 from pemt_pipeline.features.store import EmbeddingWriter
 from pemt_pipeline.media.folder import VideoSource, build_index
 from pemt_pipeline.media.ingest import IngestConfig, ingest_all
 from pemt_pipeline.models import ModelConfig
+from tests.conftest import env_params
 from tests.media.makers import make_video
 
-TINY_MODEL = {
-    "fusion": "mid", "rank": 4, "max_clips": 4,
-    "visual": {"width": 4, "depths": [1, 1, 1, 1]},
-    "audio": {"width": 4, "depths": [1, 1, 1, 1]},
-    "transformer": {"hidden": 16, "n_layers": 1, "n_heads": 2, "ffn": 32},
-}
+# The test environment's model (conf/test), narrower on purpose (hidden 16, FFN 32, rank 4): the model
+# these tests were written on.
+TINY_MODEL = env_params("model", {"rank": 4, "transformer": {"hidden": 16, "ffn": 32}})
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ def test_embed_is_deterministic_and_skips_padding(manifest, tmp_path):
 
 def test_checkpoint_is_used(manifest, tmp_path):
     model_cfg = ModelConfig.from_dict(TINY_MODEL)
-    model = load_model(model_cfg, seed=123)
+    model = random_model(model_cfg, seed=123)
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "model_config": model_cfg.to_dict()}, path)
     from_ckpt = embed_clips(manifest, model_cfg, EmbedConfig(crop=32, checkpoint=str(path), output_dir=str(tmp_path / "k"), progress=False))
@@ -83,10 +82,10 @@ def test_checkpoint_is_used(manifest, tmp_path):
     np.testing.assert_allclose(from_ckpt.visual, seeded.visual, rtol=1e-5, atol=1e-6)
     assert from_ckpt.meta["checkpoint"] == str(path)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        load_model(model_cfg, str(tmp_path / "missing.pt"))
+        load_model(tmp_path / "missing.pt", model_cfg)
     torch.save({"model": {"nope": torch.zeros(1)}}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="does not match"):
-        load_model(model_cfg, str(tmp_path / "bad.pt"))
+        load_model(tmp_path / "bad.pt", model_cfg)
 
 
 def test_bad_parameters_and_inputs(manifest, tmp_path):

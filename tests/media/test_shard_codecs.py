@@ -28,7 +28,7 @@ from pemt_pipeline.media.ingest import IngestConfig, ingest_all
 from pemt_pipeline.media.shards import (SHARD_FORMAT, TENSOR_NAMES, ShardError, ShardReader, encode_frames,
                                         read_metadata, read_record, write_shard)
 from pemt_pipeline.media.synthetic import DemoConfig, generate_demo_dataset
-from pemt_pipeline.training import AugmentConfig, ShardClipDataset, collate
+from pemt_pipeline.features import AugmentConfig, ShardClipDataset, collate
 
 CODECS = ("raw", "h264", "jpeg")
 COMPRESSED = ("h264", "jpeg")

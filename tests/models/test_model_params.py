@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from pemt_pipeline.models import ModelConfig, PEMTModel, load_model_config
-from pemt_pipeline.models.param_table import SHARING_VARIANTS, main, meta_model, variant_table
+from pemt_pipeline.models import ModelConfig, PEMTModel
+from pemt_pipeline.project_config import project_model_config
+from pemt_pipeline.models.param_table import SHARING_VARIANTS, meta_model, variant_table
+from pemt_pipeline.param_table import main
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -109,7 +111,7 @@ def test_project_conf_paper_env_is_the_paper_model(capsys):
 
 
 def test_project_conf_base_is_small():
-    cfg = load_model_config(CONF, "base")
+    cfg = project_model_config(CONF, "base")
     assert cfg.transformer.hidden < 768 and cfg.visual.width < 64
     assert meta_model(cfg).parameter_counts()["total"] < 5_000_000
 
@@ -125,14 +127,19 @@ def test_config_rejects_bad_values():
 
 
 @pytest.mark.parametrize("env", ["base", "paper"])
-def test_kedro_config_loader_reads_the_same_model(env):
-    """Kedro's soft merge of conf/<env> over conf/base gives what load_model_config gives."""
-    from kedro.config import OmegaConfigLoader  # a project dependency: never skipped
+def test_project_model_config_is_what_a_kedro_run_reads(env):
+    """project_model_config goes through Kedro's loader with the project's settings: an environment
+    and runtime parameters soft-merge (one key changes, its siblings stay)."""
+    from pemt_pipeline.project_config import project_parameters
+    from pemt_pipeline.settings import CONFIG_LOADER_ARGS as KEDRO_ARGS
 
-    from pemt_pipeline.settings import CONFIG_LOADER_ARGS
+    from pemt_pipeline.project_config import CONFIG_LOADER_ARGS
 
-    args = {k: v for k, v in CONFIG_LOADER_ARGS.items() if k != "default_run_env"}
-    loader = OmegaConfigLoader(str(CONF), env=env, **args)
-    cfg = ModelConfig.from_dict(loader["parameters"]["model"])
-    assert cfg == load_model_config(CONF, env)
+    assert KEDRO_ARGS is CONFIG_LOADER_ARGS
+    cfg = project_model_config(CONF, env)
     assert (cfg == ModelConfig()) == (env == "paper")
+    params = project_parameters(CONF, env, {"model": {"transformer": {"hidden": 64}}})
+    base = project_parameters(CONF, env)
+    assert params["model"]["transformer"]["hidden"] == 64
+    assert {k: v for k, v in params["model"]["transformer"].items() if k != "hidden"} == \
+        {k: v for k, v in base["model"]["transformer"].items() if k != "hidden"}

@@ -85,7 +85,7 @@ def demo_batches(tmp_path_factory):
     from pemt_pipeline.media.folder import VideoSource, build_index
     from pemt_pipeline.media.ingest import IngestConfig, ingest_all
     from pemt_pipeline.media.synthetic import DemoConfig, generate_demo_dataset
-    from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, collate, model_batch
+    from pemt_pipeline.features.dataset import AugmentConfig, ShardClipDataset, collate, model_batch
 
     root = tmp_path_factory.mktemp("pruning_demo")
     files, _ = generate_demo_dataset(DemoConfig(n_videos=8, min_duration_s=3, max_duration_s=4,

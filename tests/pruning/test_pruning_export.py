@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from pemt_pipeline.models import PEMTModel
-from pemt_pipeline.pruning import GatedModel, PrunedModel, export, load_pruned, save_pruned
-from pemt_pipeline.training.losses import CPPHead, cpp_summary
+from pemt_pipeline.pruning import GatedModel, export
+from pemt_pipeline.models import PrunedModel, TrainedModel, load_model, save_trained
+from pemt_pipeline.models import CPPHead, cpp_summary
 from tests.pruning.conftest import (
     embeddings,
     mixed_architecture,
@@ -43,10 +44,10 @@ def test_exported_model_equals_gated_model(fusion, share_layers, sharing, tmp_pa
     torch.testing.assert_close(out.visual_embeddings, ref.visual_embeddings)
 
     head = CPPHead(32).double()
-    path = save_pruned(pruned, tmp_path / "pruned.pt", cpp_head=head)
+    path = save_trained(TrainedModel(pruned, head), tmp_path / "pruned.pt")
     state = torch.load(path, weights_only=True)  # tensors and plain Python values only
     assert state["architecture"] == arch and "cpp_head" in state
-    loaded = load_pruned(path).double()  # load_state_dict keeps the fresh model's float32
+    loaded = load_model(path).double()  # load_state_dict keeps the fresh model's float32
     _close(loaded.contextualize(v, a, mask, mask), pruned.contextualize(v, a, mask, mask))
     streams = loaded.contextualize(v, a, mask, mask)
     assert head(cpp_summary(streams)).shape == (2,)

@@ -4,15 +4,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from pemt_pipeline.pruning import (
-    GatedModel,
-    expected_flops,
-    export,
-    full_architecture,
-    ste_flops,
-    stream_lengths,
-    transformer_flops,
-)
+from pemt_pipeline.pruning import GatedModel, expected_flops, export, ste_flops, transformer_flops
+from pemt_pipeline.models import full_architecture, stream_lengths
 from tests.pruning.conftest import embeddings, mixed_architecture, randomize_gates, tiny_model
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pemt_pipeline.models import FactorizedLinear
-from pemt_pipeline.pruning import GatedModel, full_architecture, ste
+from pemt_pipeline.pruning import GatedModel, ste
+from pemt_pipeline.models import full_architecture
 from tests.pruning.conftest import embeddings, mixed_architecture, tiny_model, videos
 
 VARIANTS = [("mid", True, "lowrank"), ("mid", False, "lowrank"), ("early", True, "full"),

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from pemt_pipeline.features.embed import clip_table
 from pemt_pipeline.features.transforms import video_clips
 from pemt_pipeline.media.shards import load_shard, write_shard
-from pemt_pipeline.training import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate, model_batch
+from pemt_pipeline.training import VideoBatchSampler
+from pemt_pipeline.features import AugmentConfig, ShardClipDataset, collate, model_batch
 
 T, FRAMES, H, W, MELS, L = 3, 4, 10, 14, 16, 20
 AUG = AugmentConfig(crop=8, short_side_range=(8, 10), flip=0.5, frame_jitter=1, freq_mask=0.1, time_mask=0.1)

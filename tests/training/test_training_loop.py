@@ -1,14 +1,25 @@
 """The training loop: clear errors before work, NaN guard, schedule, resume equality."""
 
+import dataclasses
 import math
+import pickle
 
 import pytest
 import torch
+import yaml
 
+from pemt_pipeline.features.dataset import AugmentConfig
+from pemt_pipeline.models import ModelConfig
 from pemt_pipeline.training import checkpoint as ckpt
-from pemt_pipeline.training.loop import TrainConfig, lr_factor, prepare_inputs, run_training
-from pemt_pipeline.training.losses import PretrainingObjective
+from pemt_pipeline.training.distributed import train
+from pemt_pipeline.training.loop import (KILL_AFTER_CHECKPOINT, TrainConfig, data_fingerprint, kill_after_checkpoint,
+                                         lr_factor, prepare_inputs, run_training, training_configs)
+from pemt_pipeline.training.losses import LossConfig, PretrainingObjective
+from pemt_pipeline.training.optim import weight_decay_groups
+from tests.conftest import PROJECT_ROOT
 from tests.training.conftest import TINY_AUGMENT, TINY_MODEL, uniform_negatives
+
+MODEL, AUGMENT, LOSS = ModelConfig.from_dict(TINY_MODEL), AugmentConfig.from_dict(TINY_AUGMENT), LossConfig()
 
 
 def _inputs(tiny_demo, tmp_path, **train):
@@ -16,20 +27,76 @@ def _inputs(tiny_demo, tmp_path, **train):
     params = {"steps": 6, "batch_size": 4, "negatives": "random", "checkpoint_dir": str(tmp_path / "ckpt"),
               "dvclive_dir": str(tmp_path / "live"), "log_every": 1, "checkpoint_every": 2, "warmup_steps": 2,
               "progress": False, **train}
-    return prepare_inputs(manifest, store.clips, uniform_negatives(store.clips), TINY_MODEL, {}, TINY_AUGMENT, params)
+    return prepare_inputs(manifest, store.clips, uniform_negatives(store.clips), MODEL, LOSS, AUGMENT,
+                          TrainConfig.from_dict(params))
 
 
 def test_clear_errors_before_any_work(tiny_demo, tmp_path):
     manifest, store = tiny_demo
     negatives = uniform_negatives(store.clips)
     with pytest.raises(ValueError, match="manifest is empty"):
-        prepare_inputs(manifest.iloc[:0], store.clips, negatives, TINY_MODEL, {}, TINY_AUGMENT, {})
+        prepare_inputs(manifest.iloc[:0], store.clips, negatives, MODEL, LOSS, AUGMENT, TrainConfig())
     with pytest.raises(ValueError, match="another manifest"):
-        prepare_inputs(manifest.iloc[:5], store.clips, negatives, TINY_MODEL, {}, TINY_AUGMENT, {})
+        prepare_inputs(manifest.iloc[:5], store.clips, negatives, MODEL, LOSS, AUGMENT, TrainConfig())
     with pytest.raises(ValueError, match="fewer than training.batch_size"):
-        prepare_inputs(manifest, store.clips, negatives, TINY_MODEL, {}, TINY_AUGMENT, {"batch_size": 9})
+        prepare_inputs(manifest, store.clips, negatives, MODEL, LOSS, AUGMENT, TrainConfig(batch_size=9))
     with pytest.raises(ValueError, match="stesp"):
         TrainConfig.from_dict({"stesp": 3})
+    with pytest.raises(ValueError, match="training.steps must be >= 1"):
+        TrainConfig(steps=0)  # built by hand: validated too
+    with pytest.raises(ValueError, match=r"unknown training.loss parameter\(s\) \[.mep_text.\]"):
+        training_configs({"loss": {"mep_text": 1.0}})
+
+
+def test_training_configs_parse_the_yaml_block_once():
+    train_cfg, loss, augment = training_configs({"steps": 3, "loss": {"cpp": 0.5}, "augment": {"crop": 28,
+                                                                                             "short_side_range": [28, 32]}})
+    assert train_cfg == TrainConfig(steps=3) and loss == LossConfig(cpp=0.5)
+    assert augment == AugmentConfig(crop=28, short_side_range=(28, 32))
+    assert training_configs({}) == (TrainConfig(), LossConfig(), AugmentConfig())
+
+
+def test_defaults_are_the_yaml_values():
+    """One default per parameter: TrainConfig's and LossConfig's equal conf/base's (globals resolved)."""
+    conf = PROJECT_ROOT / "conf" / "base"
+    block = yaml.safe_load((conf / "parameters_training.yml").read_text())["training"]
+    paths = yaml.safe_load((conf / "globals.yml").read_text())["paths"]
+    block["checkpoint_dir"] = block["checkpoint_dir"].replace("${globals:paths.checkpoints}", paths["checkpoints"])
+    loss = block.pop("loss")
+    block.pop("augment")
+    assert set(block) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert TrainConfig.from_dict(block) == TrainConfig()
+    assert set(loss) == {f.name for f in dataclasses.fields(LossConfig)}
+    assert LossConfig.from_dict(loss) == LossConfig()
+
+
+def test_inputs_pickle_for_the_ddp_workers(tiny_demo, tmp_path):
+    inputs = _inputs(tiny_demo, tmp_path)
+    back = pickle.loads(pickle.dumps(inputs))
+    assert (back.model, back.loss, back.augment, back.train) == (inputs.model, inputs.loss, inputs.augment, inputs.train)
+    assert back.fingerprint == inputs.fingerprint
+
+
+def test_weight_decay_only_on_matrices():
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    torch.nn.utils.parametrizations.orthogonal(module[2], "weight")
+    decay, rest = weight_decay_groups(module, 0.1)
+    assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+    assert decay["params"] == [module[0].weight]  # not biases, norms, orthogonal generators
+    assert len(rest["params"]) == len(list(module.parameters())) - 1
+    named = [("a", module[0].weight), ("b", module[0].weight), ("c", module[0].bias)]
+    decay, rest = weight_decay_groups(named, 0.1, exclude=lambda name: name == "a")
+    assert decay["params"] == [] and rest["params"] == [module[0].weight, module[0].bias]  # listed twice: once
+
+
+def test_the_kill_hook_reads_a_step(monkeypatch):
+    monkeypatch.delenv(KILL_AFTER_CHECKPOINT, raising=False)
+    assert kill_after_checkpoint() is None
+    monkeypatch.setenv(KILL_AFTER_CHECKPOINT, "4")
+    assert kill_after_checkpoint() == 4
+    monkeypatch.setenv(KILL_AFTER_CHECKPOINT, "four")
+    with pytest.raises(ValueError, match=KILL_AFTER_CHECKPOINT):
+        kill_after_checkpoint()
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -73,7 +140,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_demo, tmp_pa
     kw = {"steps": 6, "negatives": negatives, "batches_per_epoch": batches_per_epoch}
     run_training(_inputs(tiny_demo, tmp_path / "a", **kw))
     first = _inputs(tiny_demo, tmp_path / "b", **kw)
-    first.train["steps"] = 2  # the run that gets "killed" after its step-2 checkpoint
+    first.train = dataclasses.replace(first.train, steps=2)  # the run that gets "killed" after its step-2 checkpoint
     run_training(first)
     resumed = _inputs(tiny_demo, tmp_path / "b", **kw)
     summary = run_training(resumed)
@@ -88,8 +155,6 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_demo, tmp_pa
 def test_two_gloo_processes_match_one_process(tiny_demo, tmp_path):
     """DDP: 2 CPU processes (gloo) and 1 process with the same global batch give the same losses
     within 2% (they differ only in MEP masks, CPP pairs and augmentation draws, which are per rank)."""
-    from pemt_pipeline.training.distributed import train
-
     one = train(_inputs(tiny_demo, tmp_path / "one", steps=8, log_every=8, warmup_steps=1))
     two = train(_inputs(tiny_demo, tmp_path / "two", steps=8, log_every=8, warmup_steps=1, nproc_per_node=2))
     assert two["world_size"] == 2 and one["world_size"] == 1
@@ -102,8 +167,6 @@ def test_a_checkpoint_of_other_data_is_set_aside(tiny_demo, tmp_path):
     run_training(_inputs(tiny_demo, tmp_path, steps=2))
     other = _inputs(tiny_demo, tmp_path, steps=2)
     other.negatives = other.negatives.iloc[::2].reset_index(drop=True)  # another negative table
-    from pemt_pipeline.training.loop import data_fingerprint
-
     other.fingerprint = data_fingerprint(other.manifest, other.negatives)
     summary = run_training(other)
     assert summary["resumed_from"] is None and summary["steps"] == 2

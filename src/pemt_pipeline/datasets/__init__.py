@@ -3,10 +3,10 @@
 from pemt_pipeline.datasets.atomic_files import (AtomicCSVDataset, AtomicJSONDataset, AtomicParquetDataset,
                                                  AtomicPartitionedDataset)
 from pemt_pipeline.datasets.folder_store import ClipEmbeddingsDataset, ClipShardsDataset
-from pemt_pipeline.datasets.model_file import PEMTModelDataset
+from pemt_pipeline.datasets.model_file import PEMTModelDataset, TrainingCheckpointDataset
 from pemt_pipeline.datasets.report_files import OptionalJSONDataset, ReportDataset
 from pemt_pipeline.datasets.video_folder import VideoFolderDataset
 
 __all__ = ["AtomicCSVDataset", "AtomicJSONDataset", "AtomicParquetDataset", "AtomicPartitionedDataset",
            "ClipEmbeddingsDataset", "ClipShardsDataset", "OptionalJSONDataset", "PEMTModelDataset",
-           "ReportDataset", "VideoFolderDataset"]
+           "ReportDataset", "TrainingCheckpointDataset", "VideoFolderDataset"]

@@ -1,39 +1,90 @@
-"""A trained `PEMTModel` (with its CPP head) as a Kedro dataset (a weights-only torch file)."""
+"""Model files and the training checkpoint as Kedro datasets (weights-only torch files)."""
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from pemt_pipeline.pruning import PrunedModel, save_pruned
-from pemt_pipeline.training.checkpoint import TrainedModel, export_model, load_trained
+from pemt_pipeline.models import TrainedModel, load_trained, save_trained
+from pemt_pipeline.training.checkpoint import load_checkpoint
 
 
 class PEMTModelDataset(AbstractDataset[TrainedModel, TrainedModel]):
-    """Saves {"model": state dict, "model_config": dict, "cpp_head": state dict} atomically (a pruned
-    model with `pemt_pipeline.pruning.save_pruned`, format pemt-pruned/1, its architecture too);
-    loads either with ``torch.load(weights_only=True)`` into a `TrainedModel` (model in eval mode).
+    """A model file, pruned model file or training checkpoint (`pemt_pipeline.models.files`): loads
+    as a `TrainedModel` (model in eval mode, ``torch.load(weights_only=True)``); saves a model file
+    atomically (a pruned model with its architecture).
 
     Args:
         filepath: the .pt file.
+        produced_by: the pipeline that writes it, named when the file is missing.
+    """
+
+    def __init__(self, filepath: str, produced_by: str = "training", metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self._produced_by = produced_by
+        self.metadata = metadata
+
+    def load(self) -> TrainedModel:
+        if not self._filepath.is_file():
+            raise DatasetError(f"{str(self._filepath)!r} does not exist: run "
+                               f"`kedro run --pipelines {self._produced_by}` first")
+        return load_trained(self._filepath)
+
+    def save(self, data: TrainedModel) -> None:
+        save_trained(data, self._filepath)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "produced_by": self._produced_by}
+
+
+@dataclass
+class TrainingCheckpoint:
+    """A training checkpoint file; its contents (`pemt_pipeline.training.checkpoint`) load on first use."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """The path relative to the working directory (the project's) when it lies below it."""
+        path = Path(self.path).resolve()
+        return str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)
+
+    @functools.cached_property
+    def state(self) -> dict[str, Any]:
+        return load_checkpoint(self.path)
+
+
+class TrainingCheckpointDataset(AbstractDataset[str, TrainingCheckpoint]):
+    """The training checkpoint (`pemt_pipeline.training.checkpoint`): the training loop writes it
+    itself while it runs (atomically, to resume after a kill), so saving only checks that the path
+    handed over is this file; loading gives a `TrainingCheckpoint` (read, weights_only, on first use).
+
+    Args:
+        filepath: the checkpoint file (`<training.checkpoint_dir>/last.pt`).
     """
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
         self._filepath = Path(filepath)
         self.metadata = metadata
 
-    def load(self) -> TrainedModel:
+    def load(self) -> TrainingCheckpoint:
         if not self._filepath.is_file():
-            raise DatasetError(f"model file {str(self._filepath)!r} does not exist: run the training pipeline first")
-        return load_trained(self._filepath)
+            raise DatasetError(f"{str(self._filepath)!r} does not exist: run `kedro run --pipelines training` first")
+        return TrainingCheckpoint(self._filepath)
 
-    def save(self, data: TrainedModel) -> None:
-        if isinstance(data.model, PrunedModel):
-            save_pruned(data.model, self._filepath, data.cpp_head)
-        else:
-            export_model(data, self._filepath)
+    def save(self, data: str | Path) -> None:
+        if Path(data).resolve() != self._filepath.resolve():
+            raise DatasetError(f"training wrote its checkpoint to {str(data)!r}, but this dataset is "
+                               f"{str(self._filepath)!r}: training.checkpoint_dir and the catalog disagree")
+        if not self._filepath.is_file():
+            raise DatasetError(f"training reported the checkpoint {str(data)!r}, which does not exist")
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

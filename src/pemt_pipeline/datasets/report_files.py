@@ -42,6 +42,8 @@ class OptionalJSONDataset(AtomicJSONDataset):
     """A JSON file that loads as None while it does not exist (e.g. results of a pipeline that
     has not run yet); saved atomically (`AtomicJSONDataset`)."""
 
+    optional = True  # a pipeline may start without it (pemt_pipeline.hooks.check_inputs_exist)
+
     def load(self) -> Any:
         if not self._exists():
             return None

@@ -11,7 +11,7 @@ ESC-50). A listed file that is not on disk is not an error: it is rejected (``mi
 featurised, like any unreadable file.
 
 Per file (exactly the ingestion's audio front end, `media.audio`): decode the best audio stream
-(`decode.choose_audio`), downmix to mono (channel mean), resample to `mel_cfg.sample_rate`, place
+(`decode.decode_audio`), downmix to mono (channel mean), resample to `mel_cfg.sample_rate`, place
 windows of `mel_cfg.span` seconds with `clips.plan_clips`, and compute their log-mel with
 `clip_windows` + `log_mel`, so the audio CNN sees the [n_mels, mel_frames] clips it was trained on.
 Time zero is the first decoded audio sample.
@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pandas as pd
 import torch
@@ -59,11 +58,12 @@ from tqdm.auto import tqdm
 
 from pemt_pipeline.configs import (DEVICE, NON_EMPTY, at_least, between, from_params, one_of, optional,
                                    require)
+from pemt_pipeline.evaluation.features import masked_mean
 from pemt_pipeline.evaluation.probe import ProbeConfig, linear_probe
-from pemt_pipeline.features.embed import resolve_device
+from pemt_pipeline.devices import resolve_device
 from pemt_pipeline.media import audio as A
 from pemt_pipeline.media import clips as C
-from pemt_pipeline.media.decode import MediaError, audio_frame_mono, choose_audio, open_container, probe
+from pemt_pipeline.media.decode import MediaError, decode_audio
 from pemt_pipeline.models import PEMTModel
 
 logger = logging.getLogger(__name__)
@@ -229,51 +229,6 @@ def index_audio_folder(root: str | Path, labels_csv: str | Path, cfg: AudioFolde
 # --------------------------------------------------------------------------- decoding
 
 
-@dataclass
-class DecodedAudio:
-    samples: np.ndarray  # mono float32 at `rate`, time 0 = first decoded sample
-    rate: int
-    codec: str
-    channels: int
-    declared_duration: float | None
-    decode_error: str | None
-
-
-def decode_audio(path: str | Path) -> DecodedAudio:
-    """Decode the best audio stream of a file to mono (raises MediaError with a reason code).
-
-    `media.decode.decode` is the ingestion's one-pass decoder, built around a video stream; this is
-    its audio path alone (same stream choice, same per-frame downmix, same timeline buffer) for
-    files that may have no video."""
-    with open_container(path) as container:
-        info = probe(container)
-        stream_info = choose_audio(info.audio)
-        if stream_info is None:
-            raise MediaError("no_audio_stream", "no audio stream")
-        stream = container.streams[stream_info.index]
-        buffer: A.TimelineBuffer | None = None
-        t_zero, cursor, error = None, 0.0, None
-        try:
-            for packet in container.demux(stream):
-                for frame in packet.decode():
-                    if frame.samples == 0:
-                        continue
-                    t = frame.time if frame.time is not None else cursor
-                    if buffer is None:
-                        buffer, t_zero = A.TimelineBuffer(frame.sample_rate), t
-                    if frame.sample_rate != buffer.sample_rate:
-                        raise MediaError("decode_error", f"sample rate changes from {buffer.sample_rate} "
-                                         f"to {frame.sample_rate} Hz at {t:.3f} s")
-                    buffer.write(t - t_zero, audio_frame_mono(frame))
-                    cursor = t + frame.samples / frame.sample_rate
-        except av.FFmpegError as exc:
-            error = str(exc)
-    if buffer is None or buffer.end == 0:
-        raise MediaError("decode_error", error or "no audio sample could be decoded")
-    return DecodedAudio(buffer.samples, buffer.sample_rate, stream_info.codec, stream_info.channels,
-                        stream_info.declared_duration, error)
-
-
 def file_log_mel(path: str | Path, mel_cfg: A.MelConfig, n_windows: int, cfg: AudioFolderConfig
                  ) -> tuple[np.ndarray, dict[str, Any]]:
     """One file -> (log-mel of its real windows [n, n_mels, mel_frames], facts about it).
@@ -303,12 +258,6 @@ def file_log_mel(path: str | Path, mel_cfg: A.MelConfig, n_windows: int, cfg: Au
 # --------------------------------------------------------------------------- features
 
 
-def _mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over real clips: x [B, T, D], mask [B, T] -> [B, D]."""
-    w = mask.to(x.dtype).unsqueeze(-1)
-    return (x * w).sum(1) / w.sum(1).clamp_min(1)
-
-
 def windows_per_file(model: PEMTModel, cfg: AudioFolderConfig) -> int:
     """N: cfg.clips_per_file, else the model's max_clips (checked against it when the model has an
     audio Transformer, whose positions hold at most max_clips clips)."""
@@ -331,11 +280,11 @@ def _embed_batch(model: PEMTModel, mels: list[np.ndarray], n: int, dev: torch.de
     mask = mask.to(dev)
     a = emb.new_zeros(B, n, emb.shape[-1])
     a[mask] = emb
-    out = {"audio_cnn": _mean(a, mask)}
+    out = {"audio_cnn": masked_mean(a, mask)}
     if "audio" in model.transformers:
         dummy = a.new_zeros(B, 1, model.visual_cnn.out_dim)  # not read by the audio Transformer
         streams = model.contextualize(dummy, a, torch.ones(B, 1, dtype=torch.bool, device=dev), mask)
-        out["audio"] = _mean(streams["audio"].clips, mask)
+        out["audio"] = masked_mean(streams["audio"].clips, mask)
     return {k: v.float().cpu() for k, v in out.items()}
 
 

@@ -23,10 +23,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pemt_pipeline.features.embed import resolve_device
+from pemt_pipeline.devices import resolve_device
 from pemt_pipeline.models import PEMTModel
-from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, collate, model_batch
-from pemt_pipeline.training.losses import CPPHead, cpp_summary
+from pemt_pipeline.features.dataset import AugmentConfig, ShardClipDataset, collate, model_batch
+from pemt_pipeline.models import CPPHead, cpp_summary
 
 
 @dataclass
@@ -40,7 +40,7 @@ class VideoFeatures:
     mask: Tensor
 
 
-def _mean(x: Tensor, mask: Tensor) -> Tensor:
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean over real clips: x [B, T, D], mask [B, T] -> [B, D]."""
     w = mask.to(x.dtype).unsqueeze(-1)
     return (x * w).sum(1) / w.sum(1).clamp_min(1)
@@ -63,13 +63,13 @@ def video_features(model: PEMTModel, manifest: pd.DataFrame, augment: AugmentCon
         mask = batch["clip_mask"]  # [B, T]
         v, a = model.embed_clips(batch["video"], batch["audio"], mask)
         streams = model.contextualize(v, a, mask, mask)
-        out = {"visual_cnn": _mean(v, mask), "audio_cnn": _mean(a, mask)}
+        out = {"visual_cnn": masked_mean(v, mask), "audio_cnn": masked_mean(a, mask)}
         for m in ("visual", "audio"):
             if m in streams:
-                out[m] = _mean(streams[m].clips, mask)
+                out[m] = masked_mean(streams[m].clips, mask)
         if "multimodal_visual" in streams:
-            out["multimodal"] = 0.5 * (_mean(streams["multimodal_visual"].clips, mask)
-                                       + _mean(streams["multimodal_audio"].clips, mask))
+            out["multimodal"] = 0.5 * (masked_mean(streams["multimodal_visual"].clips, mask)
+                                       + masked_mean(streams["multimodal_audio"].clips, mask))
         for k, x in out.items():
             pooled.setdefault(k, []).append(x.float().cpu())
         for k, x in (("visual", v), ("audio", a), ("mask", mask)):

@@ -6,6 +6,10 @@ from typing import Any
 
 import numpy as np
 
+# the two retrieval directions: video queries against audio items, and audio queries against video
+RETRIEVAL_DIRECTIONS = ("video_to_audio", "audio_to_video")
+DIRECTION_LABEL = {"video_to_audio": "video → audio", "audio_to_video": "audio → video"}
+
 
 def cosine_scores(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     """[n_q, n_g] cosine similarities of feature rows."""

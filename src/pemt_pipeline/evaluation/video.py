@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 
 from pemt_pipeline.configs import DEVICE, NON_EMPTY, at_least, each, from_params, require
-from pemt_pipeline.features.embed import load_model
-from pemt_pipeline.training.checkpoint import TrainedModel
-from pemt_pipeline.training.data import AugmentConfig
+from pemt_pipeline.models import random_model
+from pemt_pipeline.models import TrainedModel
+from pemt_pipeline.features.dataset import AugmentConfig
 
 from .features import VideoFeatures, pair_scores, video_features
 from .probe import ProbeConfig, linear_probe
-from .retrieval import retrieval_metrics
+from .retrieval import RETRIEVAL_DIRECTIONS, retrieval_metrics
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def labelled_splits(manifest: pd.DataFrame, cfg: VideoEvalConfig) -> tuple[np.nd
 def model_features(trained: TrainedModel, manifest: pd.DataFrame, augment: AugmentConfig,
                    cfg: VideoEvalConfig) -> dict[str, VideoFeatures]:
     """Features of the trained model and of the same configuration randomly initialised."""
-    baseline = load_model(trained.model.cfg, None, cfg.baseline_seed)
+    baseline = random_model(trained.model.cfg, cfg.baseline_seed)
     return {name: video_features(model, manifest, augment, cfg.batch_size, cfg.device, cfg.progress)
             for name, model in (("pretrained", trained.model), ("random_init", baseline))}
 
@@ -89,8 +89,9 @@ def retrieval_report(trained: TrainedModel, features: VideoFeatures, manifest: p
     n = len(scores)
     matched = np.diag(scores)
     mismatched = scores[~np.eye(n, dtype=bool)]
-    return {"video_to_audio": retrieval_metrics(scores, cfg.retrieval_ks),
-            "audio_to_video": retrieval_metrics(scores.T, cfg.retrieval_ks),
+    video_to_audio, audio_to_video = RETRIEVAL_DIRECTIONS
+    return {video_to_audio: retrieval_metrics(scores, cfg.retrieval_ks),
+            audio_to_video: retrieval_metrics(scores.T, cfg.retrieval_ks),
             "cpp_balanced_accuracy": float(0.5 * ((matched > 0).mean() + (mismatched <= 0).mean())),
             "cpp_auc": pair_auc(matched, mismatched),
             "n_videos": n}

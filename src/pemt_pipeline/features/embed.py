@@ -21,7 +21,8 @@ from pemt_pipeline.configs import DEVICE, NON_EMPTY, above, at_least, from_param
 from pemt_pipeline.features.store import ClipEmbeddings, EmbeddingWriter
 from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, audio_clips, center_crop_clips, normalize
 from pemt_pipeline.media.shards import ShardReader
-from pemt_pipeline.models import ModelConfig, PEMTModel
+from pemt_pipeline.devices import resolve_device
+from pemt_pipeline.models import ModelConfig, load_model, random_model
 
 CLIP_COLUMNS = ("clip_id", "video_id", "clip_index", "clip_start", "label", "split")
 
@@ -49,44 +50,6 @@ class EmbedConfig:
         require("embedding", self, batch_size=at_least(1), crop=at_least(1), std=above(0), seed=at_least(0),
                 checkpoint=optional(NON_EMPTY), device=DEVICE,
                 decode_device=DEVICE, output_dir=NON_EMPTY)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_model(model_cfg: ModelConfig, checkpoint: str | None = None, seed: int = 0) -> PEMTModel:
-    """The model in eval mode: from a checkpoint (its own model configuration wins if it holds one;
-    a pruned model file gives its PrunedModel) or randomly initialised from `seed`."""
-    if checkpoint is None:
-        torch.manual_seed(seed)
-        return PEMTModel(model_cfg).eval()
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return model_from_state(torch.load(path, map_location="cpu", weights_only=True), model_cfg, str(path))
-
-
-def model_from_state(state: Any, model_cfg: ModelConfig, source: str) -> PEMTModel:
-    """The model (eval mode) of an already loaded checkpoint, model file or bare state dict (its own
-    model configuration wins over `model_cfg`; a pruned model file gives its PrunedModel); `source`
-    names it in errors."""
-    if isinstance(state, dict) and state.get("format") == "pemt-pruned/1":
-        from pemt_pipeline.pruning import pruned_from_state
-
-        return pruned_from_state(state, source)
-    if isinstance(state, dict) and "model" in state:
-        if "model_config" in state:
-            model_cfg = ModelConfig.from_dict(state["model_config"])
-        state = state["model"]
-    model = PEMTModel(model_cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {source!r} does not match the model configuration: {exc}") from None
-    return model.eval()
 
 
 def clip_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -131,7 +94,8 @@ def embed_clips(manifest: pd.DataFrame, model_cfg: ModelConfig, cfg: EmbedConfig
         raise FileNotFoundError(f"{len(missing)} shard(s) of the manifest are missing, e.g. {missing[0]!r}: "
                                 "run the ingestion pipeline again")
     device = resolve_device(cfg.device)
-    model = load_model(model_cfg, cfg.checkpoint, cfg.seed).to(device)
+    model = (random_model(model_cfg, cfg.seed) if cfg.checkpoint is None
+             else load_model(cfg.checkpoint, model_cfg)).to(device)
     clips = clip_table(manifest)
     dims = {"visual": model.visual_cnn.out_dim, "audio": model.audio_cnn.out_dim}
     writer = EmbeddingWriter(cfg.output_dir, len(clips), dims)

@@ -2,8 +2,9 @@
 
 Video: uint8 [N, F, H, W, 3] -> float32 [N, 3, F, crop, crop], the centre crop, scaled to [0, 1]
 and normalised with (x - mean) / std (METHOD.md: 0.45 / 0.225). Data loaders hand over uint8 clips
-and `normalize` runs where the model is (4x fewer bytes through workers and to the GPU). Audio: log-mel [N, n_mels, frames]
--> [N, 1, n_mels, frames]. Training adds its random augmentations on top of the same normalisation.
+and `normalize` runs where the model is (4x fewer bytes through workers and to the GPU).
+Audio: log-mel [N, n_mels, frames] -> [N, 1, n_mels, frames]. Training adds its random augmentations
+on top of the same normalisation.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pemt_pipeline.media.audio import WindowCollector, downmix, resampling_period
+from pemt_pipeline.media.audio import TimelineBuffer, WindowCollector, downmix, resampling_period
 from pemt_pipeline.media.clips import TIME_EPSILON
 
 _INT_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 9.223372036854775808e18}
@@ -208,7 +208,8 @@ class _BestEffortClock:
             self.faulty_pts += 1
         if dts is not None and self.last_dts is not None and dts <= self.last_dts:
             self.faulty_dts += 1
-        self.last_pts, self.last_dts = pts if pts is not None else self.last_pts, dts if dts is not None else self.last_dts
+        self.last_pts = pts if pts is not None else self.last_pts
+        self.last_dts = dts if dts is not None else self.last_dts
         stamp = pts if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None) else dts
         if stamp is None or self.time_base is None:
             time = (self.last_time or 0.0) + self.fallback_dt
@@ -556,3 +557,48 @@ def decode(
     if video.t_zero is not None:
         video.finish(targets is not None)
     return result
+
+
+@dataclass
+class DecodedAudio:
+    samples: np.ndarray  # mono float32 at `rate`, time 0 = first decoded sample
+    rate: int
+    codec: str
+    channels: int
+    declared_duration: float | None
+    decode_error: str | None
+
+
+def decode_audio(path: str | Path) -> DecodedAudio:
+    """Decode the best audio stream of a file to mono (raises MediaError with a reason code).
+
+    `media.decode.decode` is the ingestion's one-pass decoder, built around a video stream; this is
+    its audio path alone (same stream choice, same per-frame downmix, same timeline buffer) for
+    files that may have no video."""
+    with open_container(path) as container:
+        info = probe(container)
+        stream_info = choose_audio(info.audio)
+        if stream_info is None:
+            raise MediaError("no_audio_stream", "no audio stream")
+        stream = container.streams[stream_info.index]
+        buffer: TimelineBuffer | None = None
+        t_zero, cursor, error = None, 0.0, None
+        try:
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    if frame.samples == 0:
+                        continue
+                    t = frame.time if frame.time is not None else cursor
+                    if buffer is None:
+                        buffer, t_zero = TimelineBuffer(frame.sample_rate), t
+                    if frame.sample_rate != buffer.sample_rate:
+                        raise MediaError("decode_error", f"sample rate changes from {buffer.sample_rate} "
+                                         f"to {frame.sample_rate} Hz at {t:.3f} s")
+                    buffer.write(t - t_zero, audio_frame_mono(frame))
+                    cursor = t + frame.samples / frame.sample_rate
+        except av.FFmpegError as exc:
+            error = str(exc)
+    if buffer is None or buffer.end == 0:
+        raise MediaError("decode_error", error or "no audio sample could be decoded")
+    return DecodedAudio(buffer.samples, buffer.sample_rate, stream_info.codec, stream_info.channels,
+                        stream_info.declared_duration, error)

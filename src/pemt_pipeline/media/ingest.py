@@ -249,7 +249,8 @@ def _limit_error(cfg: IngestConfig, width: int, height: int, duration: float | N
 
 def _audio_limit_error(cfg: IngestConfig, stream: StreamInfo) -> MediaError | None:
     if not cfg.min_sample_rate <= stream.sample_rate <= cfg.max_sample_rate:
-        return MediaError("bad_sample_rate", f"audio stream {stream.index} ({stream.codec}) runs at {stream.sample_rate} Hz, "
+        return MediaError("bad_sample_rate",
+                          f"audio stream {stream.index} ({stream.codec}) runs at {stream.sample_rate} Hz, "
                           f"outside [{cfg.min_sample_rate}, {cfg.max_sample_rate}] (ingestion.min_sample_rate, "
                           "ingestion.max_sample_rate)")
     if stream.channels > cfg.max_audio_channels:
@@ -417,7 +418,8 @@ def _ingest_media(path: Path, cfg: IngestConfig) -> tuple[dict[str, np.ndarray],
 
 
 def _reject(row: dict[str, Any], code: str, detail: str) -> tuple[str, dict[str, Any]]:
-    return "rejected", {"video_id": row["video_id"], "source_path": row["source_path"], "reason": code, "detail": detail}
+    return "rejected", {"video_id": row["video_id"], "source_path": row["source_path"], "reason": code,
+                        "detail": detail}
 
 
 def _skip_if_current(meta: dict[str, str] | None, labels: dict[str, Any], cfg: IngestConfig):
@@ -454,7 +456,8 @@ def ingest_video(row: dict[str, Any], cfg: IngestConfig) -> tuple[str, dict[str,
         frame_shape = tensors["frames"].shape[:4]
         stored = encode_frames(tensors, cfg.codec)
         record["frame_codec"] = cfg.frame_codec
-        record["frame_bytes"] = int(sum(stored[k].nbytes for k in ("frames", "frame_data", "frame_offsets") if k in stored))
+        frame_tensors = ("frames", "frame_data", "frame_offsets")
+        record["frame_bytes"] = int(sum(stored[k].nbytes for k in frame_tensors if k in stored))
         record["shard_bytes"] = int(sum(t.nbytes for t in stored.values()))
         write_shard(shard, stored, {"video_id": vid, "content_hash": digest, "fingerprint": stamp,
                                     "params_hash": cfg.params_hash, "record": json.dumps(record)},

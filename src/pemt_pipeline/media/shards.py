@@ -169,7 +169,8 @@ class ShardReader:
         return decode_jpeg_on(device, data, offsets).reshape(len(parts), F, H, W, 3)
 
 
-def load_shard(path: str | os.PathLike, names: tuple[str, ...] = TENSOR_NAMES, clips: slice | None = None) -> dict[str, np.ndarray]:
+def load_shard(path: str | os.PathLike, names: tuple[str, ...] = TENSOR_NAMES,
+               clips: slice | None = None) -> dict[str, np.ndarray]:
     """`ShardReader(path).read(names, clips)`: some tensors of a shard, frames decoded."""
     return ShardReader(path).read(names, clips)
 

@@ -537,8 +537,11 @@ def _encode_mp4(cfg: DemoConfig, frame_batches: Iterator[np.ndarray], audio: np.
 
 def _mux_mp4(path: str, cfg: DemoConfig, frame_batches: Iterator[np.ndarray], audio: np.ndarray) -> None:
     with av.open(path, "w", format="mp4") as out:
+        # mbtree off: with it, x264 encoded the first frames of the same pictures to different bytes
+        # from one render to the next (4 distinct results in 5 renders of 4 demo videos; none without)
         vs = out.add_stream("libx264", rate=cfg.fps,
-                            options={"preset": cfg.preset, "crf": str(cfg.crf), "threads": "1"})
+                            options={"preset": cfg.preset, "crf": str(cfg.crf), "threads": "1",
+                                     "x264-params": "mbtree=0"})
         vs.width, vs.height, vs.pix_fmt = cfg.width, cfg.height, "yuv420p"
         vs.codec_context.time_base = Fraction(1, cfg.fps)
         aus = out.add_stream("aac", rate=cfg.sample_rate, layout="stereo", format="fltp",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pemt_pipeline.configs import above, at_least, between, each, from_params, one_of, require
@@ -12,7 +11,6 @@ from pemt_pipeline.configs import above, at_least, between, each, from_params, o
 FUSIONS = ("early", "mid", "late")
 TRANSFORMER_SHARING = ("none", "full", "lowrank")
 ORTHOGONAL_MAPS = ("matrix_exp", "cayley", "householder")
-PARAMETERS_FILE = "parameters_model.yml"
 
 
 @dataclass
@@ -126,15 +124,3 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def load_model_config(conf_source: str | Path = "conf", env: str | None = "local") -> ModelConfig:
-    """The `model:` block of conf/base/parameters_model.yml deep-merged with conf/<env>/'s
-    (as Kedro's soft merge does), without Kedro. A missing env file changes nothing."""
-    from omegaconf import OmegaConf
-
-    root = Path(conf_source)
-    merged = OmegaConf.load(root / "base" / PARAMETERS_FILE)
-    if env and env != "base" and (root / env / PARAMETERS_FILE).is_file():
-        merged = OmegaConf.merge(merged, OmegaConf.load(root / env / PARAMETERS_FILE))
-    return ModelConfig.from_dict(OmegaConf.to_container(merged, resolve=True)["model"])

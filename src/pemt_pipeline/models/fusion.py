@@ -69,6 +69,12 @@ class StreamEmbedding(nn.Module):
 class PEMTModel(nn.Module):
     """CNN clip encoders + (shared) Transformers. See `forward` for inputs and `ModelOutput`."""
 
+    # Every child module of the model but `transformers`, in registration order (so a model built
+    # from these parts lists its parameters in the same order): what a StreamModel takes over from
+    # its base model (models/streams.py); tests/pruning/test_pruning_streams.py checks that they
+    # cover the whole model.
+    PARTS = ("visual_cnn", "audio_cnn", "projections", "bos", "mask_token", "embeddings")
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg

@@ -1,6 +1,5 @@
-"""Parameter counts per component, and the table of every fusion x sharing variant.
-
-    python -m pemt_pipeline.models.param_table [--env paper] [--conf-source conf] [--json]
+"""Parameter counts per component, and the table of every fusion x sharing variant (printed by
+`python -m pemt_pipeline.param_table`).
 
 Models are built on the meta device (nothing allocated). A parameter shared by several modules
 (the same tensor) is counted once; the orthogonal Sigma counts as its O x O `original` tensor.
@@ -8,13 +7,11 @@ Models are built on the meta device (nothing allocated). A parameter shared by s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 
 import torch
 
-from .config import FUSIONS, ModelConfig, load_model_config
+from .config import FUSIONS, ModelConfig
 from .fusion import PEMTModel
 
 # (share_layers, share_transformers); the first is the unshared reference
@@ -67,32 +64,3 @@ VARIANT_COLUMNS = [("fusion", "fusion"), ("share_layers", "share_layers"),
                    ("transformers", "transformer params"), ("total", "total params"),
                    ("transformer_reduction", "transformer reduction"),
                    ("total_reduction", "total reduction")]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env", default="local",
-                        help="conf environment merged over conf/base (default: local)")
-    parser.add_argument("--conf-source", default="conf", help="the project's conf directory")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    args = parser.parse_args(argv)
-
-    cfg = load_model_config(args.conf_source, args.env)
-    components = meta_model(cfg).parameter_counts()
-    rows = variant_table(cfg)
-    if args.json:
-        print(json.dumps({"env": args.env, "config": cfg.to_dict(), "components": components,
-                          "variants": rows}, indent=2))
-        return
-    print(f"Configured model (env {args.env}: fusion={cfg.fusion}, share_layers={cfg.share_layers},"
-          f" share_transformers={cfg.share_transformers}, rank={cfg.rank})")
-    print(format_table([{"component": k, "parameters": v} for k, v in components.items()],
-                       [("component", "component"), ("parameters", "parameters")]))
-    t = cfg.transformer
-    print(f"\nEvery fusion x sharing variant (hidden {t.hidden}, FFN {t.ffn}, {t.n_layers} layers, "
-          f"rank {cfg.rank}); reductions vs. the unshared model of the same fusion")
-    print(format_table(rows, VARIANT_COLUMNS))
-
-
-if __name__ == "__main__":
-    main()

@@ -22,16 +22,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pemt_pipeline.models import ModelConfig
-
-from .architecture import (
+from pemt_pipeline.models import (
     KERNEL,
     OPS,
     Architecture,
+    ModelConfig,
     full_architecture,
     stream_lengths,
     validate_architecture,
 )
+
+from .gated import ste
 
 
 def linear_flops(cfg: ModelConfig, n_in: int, n_out: int, L: int) -> int:
@@ -91,8 +92,6 @@ def ste_flops(gated, seq_lens: int | dict[str, int] | None = None) -> Tensor:
     """The same with the straight-through gates: the value is the FLOPs of the current hard
     architecture (= transformer_flops(cfg, gated.architecture())), the gradient that of
     `expected_flops` with the other gates at their hard values (the search's penalty)."""
-    from .gated import ste
-
     return _gated_flops(gated, seq_lens, ste)
 
 

@@ -20,12 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from pemt_pipeline.models import PEMTModel
+from pemt_pipeline.models import KERNEL, Architecture, PEMTModel, linears, validate_architecture
+from pemt_pipeline.models.streams import StreamModel, StreamTransformer, self_attention
 
-from . import linears
-from .architecture import KERNEL, Architecture, validate_architecture
-from .base import StreamModel, StreamTransformer
-from .spconv import gated_conv, head_weights, self_attention
+from .spconv import gated_conv, head_weights
 
 ARCH_PARAMETERS = ("gate_scores", "ffn_scores")
 
@@ -128,6 +126,13 @@ class GatedModel(StreamModel):
                                            for layer in transformer.layers])
                   for name, transformer in model.transformers.items()}
         super().__init__(model, stacks)
+
+    def source_model(self) -> StreamModel:
+        """The model being pruned as a view sharing this one's modules: its parts and, per
+        Transformer, the wrapped layers. For its weights only (`state_dict()` has a PEMTModel's
+        keys, `export` copies them); its forward does not run (the layers take no segments)."""
+        return StreamModel(self, {name: StreamTransformer([g.layer for g in ls])
+                                  for name, ls in self.gated_layers().items()})
 
     def gated_layers(self) -> dict[str, list[GatedLayer]]:
         return {name: list(t.layers) for name, t in self.transformers.items()}

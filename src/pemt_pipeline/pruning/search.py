@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from pemt_pipeline.configs import above, at_least, between, from_params, one_of, optional, require
-from pemt_pipeline.training.data import derive_seed
+from pemt_pipeline.features.dataset import derive_seed
 
 from .flops import expected_flops, ste_flops, transformer_flops
 from .gated import GatedModel
@@ -32,12 +32,15 @@ from .gated import GatedModel
 
 @dataclass(frozen=True)
 class SearchConfig:
+    """`pruning.search:` of conf/base/parameters_pruning.yml (the same defaults) documents each
+    field; the run sets `flops_target` from `pruning.targets`."""
+
     flops_target: float = 0.5  # target FLOPs as a fraction of the unpruned Transformers'
-    flops_weight: float = 1.0  # lambda
-    steps: int = 100
-    arch_lr: float = 0.05  # gate and FFN-unit scores
+    flops_weight: float = 20.0  # lambda
+    steps: int = 40
+    arch_lr: float = 0.02  # gate and FFN-unit scores
     arch_optimizer: str = "adam"  # adam | sgd (momentum 0.9: steps scale with each gate's FLOPs)
-    lr: float = 1e-5  # AdamW, weights (0: frozen; BatchNorm statistics still move in train mode)
+    lr: float = 1e-4  # AdamW, weights (0: frozen; BatchNorm statistics still move in train mode)
     weight_decay: float = 0.01
     clip_grad_norm: float = 1.0
     n_clips: int | None = None  # clips per video the FLOPs are counted for (None: max_clips)
@@ -61,7 +64,9 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    steps: int = 100
+    """`pruning.finetune:` of conf/base/parameters_pruning.yml (the same defaults)."""
+
+    steps: int = 40
     lr: float = 1e-4
     weight_decay: float = 0.01
     clip_grad_norm: float = 1.0

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
-from . import linears
+from pemt_pipeline.models import linears
+from pemt_pipeline.models.streams import segment_conv1d
 
 
 def head_weights(logits: Tensor, k: int) -> Tensor:
@@ -43,16 +43,6 @@ def head_weights(logits: Tensor, k: int) -> Tensor:
 def channel_weights(a: Tensor, hidden: int) -> Tensor:
     """a [k, H] -> [hidden, k]: each head's weight repeated over its channels."""
     return a.t().repeat_interleave(hidden // a.shape[1], dim=0)
-
-
-def segment_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, segments: tuple[int, ...],
-                   groups: int = 1) -> Tensor:
-    """x [B, L, C_in] -> [B, L, C_out]: conv1d (weight [C_out, C_in / groups, k], same length)
-    over each segment on its own, zero-padded at the segment's ends."""
-    pad = weight.shape[-1] // 2
-    parts = x.split(list(segments), dim=1)
-    return torch.cat([F.conv1d(p.transpose(1, 2), weight, bias, padding=pad, groups=groups)
-                      .transpose(1, 2) for p in parts], dim=1)
 
 
 def _masked(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -86,12 +76,3 @@ def conv_kernel(v: nn.Module, o: nn.Module, a: Tensor) -> tuple[Tensor, Tensor]:
         bias = bias + o.bias
     return kernel, bias
 
-
-def self_attention(q: nn.Module, k: nn.Module, v: nn.Module, o: nn.Module, n_heads: int, x: Tensor,
-                   attn_mask: Tensor | None, dropout_p: float) -> Tensor:
-    """TransformerLayer's attention branch (the same ops, so the same numbers): x [B, L, D],
-    attn_mask [B, 1, 1, L] bool (True = key may be attended to) -> [B, L, D]."""
-    B, L, D = x.shape
-    qkv = (lin(x).view(B, L, n_heads, -1).transpose(1, 2) for lin in (q, k, v))  # [B, H, L, D/H]
-    a = F.scaled_dot_product_attention(*qkv, attn_mask=attn_mask, dropout_p=dropout_p)
-    return o(a.transpose(1, 2).reshape(B, L, D))

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pemt_pipeline.evaluation.retrieval import RETRIEVAL_DIRECTIONS
+
 from .stats import (Stat, finite, fmt_int, fmt_num, fmt_pct, fmt_points, fmt_stat,
                     mean_recall1_stat, probe_stat, probe_streams, run_stat)
 
@@ -145,10 +147,9 @@ def _retrieval_winner(variants: Mapping[str, Mapping]) -> str:
         return "No variant has finite retrieval recall@1."
     scored.sort(key=lambda t: -t[0])
     _, best, st1 = scored[0]
-    chance = [ (r["video_to_audio"]["chance_recall@1"] + r["audio_to_video"]["chance_recall@1"]) / 2
+    chance = [sum(r[d]["chance_recall@1"] for d in RETRIEVAL_DIRECTIONS) / 2
               for r in (run["retrieval"] for run in variants[best]["runs"])
-              if finite(r["video_to_audio"]["chance_recall@1"])
-              and finite(r["audio_to_video"]["chance_recall@1"])]
+              if all(finite(r[d]["chance_recall@1"]) for d in RETRIEVAL_DIRECTIONS)]
     chance_txt = f" (chance {fmt_pct(sum(chance) / len(chance))})" if chance else ""
     head = (f"For audio-visual retrieval, {best} ({variants[best]['model']['fusion']} fusion) has "
             f"the highest recall@1 averaged over both directions, {fmt_stat(st1, 'pct')}"
@@ -260,8 +261,7 @@ def pruning_stream(pruning: Mapping) -> str:
 
 
 def mean_recall1(retrieval: Mapping) -> float | None:
-    a = retrieval["video_to_audio"]["recall@1"]
-    b = retrieval["audio_to_video"]["recall@1"]
+    a, b = (retrieval[d]["recall@1"] for d in RETRIEVAL_DIRECTIONS)
     return (a + b) / 2 if finite(a) and finite(b) else None
 
 
@@ -303,14 +303,16 @@ def _pruning(pruning: Mapping) -> list[str]:
 
 # ----------------------------------------------------------------------------- entry point
 
-def draw_conclusion(fusion: Mapping, pruning: Mapping | None = None) -> list[str]:
-    """The conclusion sentences for validated inputs (see `schema`)."""
-    variants = fusion["variants"]
-    streams = comparison_streams(variants)
-    out = [_probe_winner(variants, streams), _retrieval_winner(variants)]
-    out += _sharing(variants)
-    out += _pretraining(variants, streams)
-    out += _cost(variants)
+def draw_conclusion(fusion: Mapping | None, pruning: Mapping | None = None) -> list[str]:
+    """The conclusion sentences for validated inputs (see `schema`); either may be None."""
+    out: list[str] = []
+    if fusion is not None:
+        variants = fusion["variants"]
+        streams = comparison_streams(variants)
+        out += [_probe_winner(variants, streams), _retrieval_winner(variants)]
+        out += _sharing(variants)
+        out += _pretraining(variants, streams)
+        out += _cost(variants)
     if pruning is not None:
         out += _pruning(pruning)
     return out

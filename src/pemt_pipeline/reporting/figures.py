@@ -20,6 +20,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from pemt_pipeline.evaluation.retrieval import DIRECTION_LABEL, RETRIEVAL_DIRECTIONS
+
 from .stats import Stat
 
 DPI = 90
@@ -27,7 +29,6 @@ RC = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsiz
       "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False,
       "axes.spines.right": False}
 OP_COLOURS = {"attention": "#4c72b0", "conv3": "#55a868", "conv1": "#dfc35a", "skip": "#d9d9d9"}
-STREAM_LABEL = {"video_to_audio": "video → audio", "audio_to_video": "audio → video"}
 
 
 def palette(n: int) -> list:
@@ -180,7 +181,7 @@ def retrieval_figure(variants: Sequence[str], ks: Sequence[int],
                      chance_median: Mapping[str, float], cpp: Mapping[str, Stat]) -> bytes:
     """Recall@k per direction, median rank, CPP balanced accuracy; chance as black dashes."""
     colours = palette(len(variants))
-    dirs = ("video_to_audio", "audio_to_video")
+    dirs = RETRIEVAL_DIRECTIONS
     with _figure(10, 6.4) as fig:
         axes = fig.subplots(2, 2).ravel()
         w = 0.8 / len(variants)
@@ -198,7 +199,7 @@ def retrieval_figure(variants: Sequence[str], ks: Sequence[int],
             ax.set_xticks(x, [f"R@{k}" for k in ks])
             ax.set_ylim(0, 100)
             ax.set_ylabel("recall (%)")
-            ax.set_title(f"Retrieval {STREAM_LABEL[d]}")
+            ax.set_title(f"Retrieval {DIRECTION_LABEL[d]}")
         axes[0].legend()
         ax = axes[2]
         x = np.arange(len(dirs))
@@ -210,7 +211,7 @@ def retrieval_figure(variants: Sequence[str], ks: Sequence[int],
             if d in chance_median:
                 ax.hlines(chance_median[d], j - 0.45, j + 0.45, colors="black",
                           linestyles="dashed", lw=1)
-        ax.set_xticks(x, [STREAM_LABEL[d] for d in dirs])
+        ax.set_xticks(x, [DIRECTION_LABEL[d] for d in dirs])
         ax.set_ylabel("median rank (lower is better)")
         ax.set_title("Median rank")
         ax = axes[3]
@@ -298,7 +299,7 @@ def tradeoff_figure(flops_ratio: Sequence[float], labels: Sequence[str],
                                           (right, recall1, "Retrieval R@1", "recall@1 (%)")):
             for name, ys in series.items():
                 ys = np.asarray([np.nan if y is None else y for y in ys], dtype=float)[order]
-                ax.plot(xs, 100 * ys, marker="o", label=STREAM_LABEL.get(name, name))
+                ax.plot(xs, 100 * ys, marker="o", label=DIRECTION_LABEL.get(name, name))
             for x, lab in zip(xs, np.asarray(labels, dtype=object)[order]):
                 ax.axvline(x, color="#bbbbbb", lw=0.6, zorder=0)
                 ax.annotate(lab, (x, 1), xycoords=("data", "axes fraction"), xytext=(2, -2),

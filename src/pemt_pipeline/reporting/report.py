@@ -23,6 +23,8 @@ import numpy as np
 
 from pemt_pipeline.atomic import atomic_open, remove_stale_temporaries
 
+from pemt_pipeline.evaluation.retrieval import DIRECTION_LABEL
+
 from . import figures as figs
 from .conclusion import RULES, draw_conclusion, unshared_reference
 from .document import Bullets, Code, Document, Figure, Heading, Paragraph, Table, render_html, \
@@ -37,10 +39,11 @@ SECTIONS = ("Setup", "Parameters", "Training curves", "Linear probe", "Retrieval
             "Pruning", "Conclusion")
 PRUNING_HINT = ("Pruning: not included in this report; ", Code("kedro run --pipelines pruning"),
                 " adds the pruning section.")
+FUSION_HINT = ("Fusion comparison: not included in this report yet; ", Code("kedro run --pipelines report"),
+               " trains and compares the fusion and sharing variants, and joins this section to it.")
 COMPONENTS = ("visual_cnn", "audio_cnn", "projections", "embeddings", "transformer_visual",
               "transformer_audio", "transformer_multimodal", "transformers_shared")
 TOTALS = ("transformers", "total")
-DIRECTION_LABEL = {"video_to_audio": "video → audio", "audio_to_video": "audio → video"}
 
 
 @dataclass
@@ -61,7 +64,8 @@ def _setup(doc: Document, fusion: Mapping) -> None:
     data = cfg["data"]
     seeds = list(cfg["seeds"])
     doc.add(Heading("Setup"),
-            Paragraph(f"{len(variants)} variant{'s' if len(variants) != 1 else ''} trained for {fmt_int(cfg['steps'])} optimiser "
+            Paragraph(f"{len(variants)} variant{'s' if len(variants) != 1 else ''} trained for "
+                      f"{fmt_int(cfg['steps'])} optimiser "
                       f"steps each with batch size {fmt_int(cfg['batch_size'])} and "
                       + (f"{len(seeds)} seeds; metrics are shown as mean ± standard deviation "
                          "(sample, ddof 1) over seeds." if len(seeds) > 1 else
@@ -393,21 +397,28 @@ def _pruning(doc: Document, pruning: Mapping, out: dict[str, bytes]) -> None:
 
 # ----------------------------------------------------------------------------- API
 
-def render_report(fusion: dict, pruning: dict | None = None, title: str = DEFAULT_TITLE) -> Report:
-    """Render the fusion-comparison report (and the pruning section when `pruning` is given).
+def render_report(fusion: dict | None, pruning: dict | None = None, title: str = DEFAULT_TITLE) -> Report:
+    """Render the fusion-comparison report with the pruning section when `pruning` is given; with
+    `fusion` None (the report pipeline has not run yet), the pruning section alone.
 
     Raises `ReportInputError` (a ValueError) naming the first missing required key."""
-    validate_fusion(fusion)
+    if fusion is None and pruning is None:
+        raise ValueError("nothing to report: run `kedro run --pipelines report` or `--pipelines pruning` first")
+    if fusion is not None:
+        validate_fusion(fusion)
     if pruning is not None:
         validate_pruning(pruning)
     doc = Document(str(title))
     out: dict[str, bytes] = {}
-    _setup(doc, fusion)
-    _parameters(doc, fusion, out)
-    _training(doc, fusion, out)
-    _probe(doc, fusion, out)
-    _retrieval(doc, fusion, out)
-    _cost(doc, fusion, out)
+    if fusion is None:
+        doc.add(Paragraph(*FUSION_HINT))
+    else:
+        _setup(doc, fusion)
+        _parameters(doc, fusion, out)
+        _training(doc, fusion, out)
+        _probe(doc, fusion, out)
+        _retrieval(doc, fusion, out)
+        _cost(doc, fusion, out)
     if pruning is not None:
         _pruning(doc, pruning, out)
     else:

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-OPS = ("attention", "conv3", "conv1", "skip")
-RETRIEVAL_DIRECTIONS = ("video_to_audio", "audio_to_video")
+from pemt_pipeline.evaluation.retrieval import RETRIEVAL_DIRECTIONS
+from pemt_pipeline.models.architecture import OPS
 
 
 class ReportInputError(ValueError):

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pemt_pipeline.evaluation.retrieval import RETRIEVAL_DIRECTIONS
+
 STREAM_ORDER = ("visual_cnn", "audio_cnn", "visual", "audio", "multimodal")
 
 
@@ -91,7 +93,7 @@ def mean_recall1_stat(variant: Mapping) -> Stat:
     values = []
     for run in variant["runs"]:
         r = run["retrieval"]
-        a, b = r["video_to_audio"].get("recall@1"), r["audio_to_video"].get("recall@1")
+        a, b = (r[d].get("recall@1") for d in RETRIEVAL_DIRECTIONS)
         values.append((a + b) / 2 if finite(a) and finite(b) else None)
     return Stat.of(values)
 

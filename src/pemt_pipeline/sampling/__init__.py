@@ -8,7 +8,8 @@ construction in `blockwise.py`, the faiss-based approximation in `approximate.py
 
 from .config import NegativeConfig, embedding_space
 from .sampler import NegativeSampler
-from .table import build_negative_table, normalise, probabilities, reference_table, trim_count
+from .build import build_negative_table
+from .table import normalise, probabilities, reference_table, trim_count
 
 __all__ = [
     "NegativeConfig", "NegativeSampler", "build_negative_table", "embedding_space", "normalise",

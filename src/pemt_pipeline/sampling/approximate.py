@@ -48,7 +48,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .blockwise import pick_random, pick_smallest, resolve_device
+from pemt_pipeline.devices import resolve_device
+
+from .blockwise import pick_random, pick_smallest
 from .config import FLAT_BELOW, NegativeConfig, first_bad_row
 from .table import TableParts, range_bounds, trim_count
 

@@ -47,6 +47,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from pemt_pipeline.devices import resolve_device
+
 from .config import NegativeConfig, first_bad_row
 from .table import TableParts, range_bounds, trim_count
 
@@ -54,14 +56,6 @@ Z = 3.5  # pilot bracket margin, in binomial standard deviations (a miss costs o
 MAX_ANCHORS = 512  # anchors per block; matrix products are efficient well before this
 CHUNK = 2048  # candidates per streamed chunk
 FMAX = torch.finfo(torch.float32).max
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("NegativeConfig.device='cuda' but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def range_extra(k: int) -> int:

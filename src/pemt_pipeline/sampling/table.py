@@ -125,25 +125,7 @@ class TableParts:
         return frame(*(np.concatenate(col) for col in zip(*self.parts)))
 
 
-def build_negative_table(embeddings: np.ndarray, video_index: np.ndarray, cfg: NegativeConfig,
-                         progress: bool = True, anchors: np.ndarray | None = None) -> pd.DataFrame:
-    """The negative table of `embeddings` [N, d] (may be a read-only memmap) grouped by video_index [N].
-
-    Returns columns anchor (int64 row id), candidate (int64), probability (float32; sums to 1 per
-    anchor), distance (float32, raw l2; exact mode takes it from its float32 products, see
-    blockwise.py), sorted by anchor then descending probability. Anchors with no candidate are
-    absent. The random variant is reproducible for a given seed and block plan (max_block_mb). `anchors` (row ids) restricts the anchors (candidates stay all clips),
-    e.g. to shard a build; default all."""
-    vid = check_inputs(embeddings, video_index)
-    anchor_ids = _anchor_ids(anchors, len(vid))
-    if cfg.mode == "exact":
-        from .blockwise import exact_table
-        return exact_table(embeddings, vid, cfg, progress, anchor_ids)
-    from .approximate import approximate_table
-    return approximate_table(embeddings, vid, cfg, progress, anchor_ids)
-
-
-def _anchor_ids(anchors: np.ndarray | None, n: int) -> np.ndarray:
+def anchor_ids(anchors: np.ndarray | None, n: int) -> np.ndarray:
     if anchors is None:
         return np.arange(n, dtype=np.int64)
     ids = np.unique(np.asarray(anchors, dtype=np.int64))

@@ -1,20 +1,19 @@
-"""Training library (no Kedro): data over clip shards, pretraining objectives."""
+"""Training library (no Kedro): batch sampling over videos, pretraining objectives (MEP, CPP),
+the loop, checkpoints and the distributed launch. Clip data comes from `pemt_pipeline.features`."""
 
-from .data import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate, make_generator, model_batch
+from .data import VideoBatchSampler
 from .losses import (
-    CPPHead,
     LossConfig,
     MEPHead,
     PretrainingObjective,
     cpp_loss,
     cpp_pairs,
-    cpp_summary,
     mask_positions,
     mep_loss,
 )
+from .optim import weight_decay_groups
 
 __all__ = [
-    "AugmentConfig", "CPPHead", "LossConfig", "MEPHead", "PretrainingObjective",
-    "ShardClipDataset", "VideoBatchSampler", "collate", "cpp_loss", "cpp_pairs", "cpp_summary",
-    "make_generator", "mask_positions", "mep_loss", "model_batch",
+    "LossConfig", "MEPHead", "PretrainingObjective", "VideoBatchSampler", "cpp_loss", "cpp_pairs",
+    "mask_positions", "mep_loss", "weight_decay_groups",
 ]

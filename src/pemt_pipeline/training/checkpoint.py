@@ -3,7 +3,8 @@
 A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so loading one
 runs no code: ``step``, ``model``, ``objective``, ``optimizer``, ``scheduler``, ``sampler``, ``rng``
 (torch CPU/CUDA generator states, NumPy's and Python's), ``config`` (the training parameters) and
-``model_config``. It is written through `pemt_pipeline.atomic` (a temporary file in the same folder,
+``model_config`` (`pemt_pipeline.models.files` describes the model files it shares a layout with).
+It is written through `pemt_pipeline.atomic` (a temporary file in the same folder,
 flushed to disk, then renamed over the previous one), so a run killed at any moment (SIGKILL
 included) or a full disk leaves the last complete checkpoint in place. A checkpoint of other
 parameters is set aside under a name of its own (`set_aside`), never overwritten.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pemt_pipeline.atomic import atomic_open
-from pemt_pipeline.models import ModelConfig, PEMTModel
-from pemt_pipeline.training.losses import CPPHead
+from pemt_pipeline.models import load_state, save_state
 
 LAST = "last.pt"
 STALE = "stale-*.pt"  # (glob) checkpoints of runs with other parameters, set aside by `set_aside`
@@ -63,11 +61,8 @@ def _python_state_from_tensor(state: dict[str, Any]) -> tuple:
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
-    """Write atomically (`pemt_pipeline.atomic`: temporary file, fsync, rename)."""
-    path = Path(path)
-    with atomic_open(path, "wb") as f:
-        torch.save(checkpoint, f)
-    return path
+    """Write atomically (`models.save_state`: temporary file, fsync, rename)."""
+    return save_state(path, checkpoint)
 
 
 def set_aside(path: str | os.PathLike, step: int) -> Path:
@@ -98,53 +93,7 @@ def config_differences(written: dict[str, Any], current: dict[str, Any],
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load with weights_only=True (no code runs); a clear error if the file is not a checkpoint."""
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for a bad file
-        raise ValueError(f"{str(path)!r} is not a readable training checkpoint: {exc}") from None
+    checkpoint = load_state(path, "training checkpoint")
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "step" not in checkpoint:
         raise ValueError(f"{str(path)!r} is not a training checkpoint (no model/step)")
     return checkpoint
-
-
-@dataclass
-class TrainedModel:
-    """A pretrained model and its Correct Pair Prediction head (the audio-visual matching score
-    that cross-modal retrieval ranks by; None when the file holds none)."""
-
-    model: PEMTModel
-    cpp_head: CPPHead | None = None
-
-
-def export_model(trained: TrainedModel, path: str | os.PathLike) -> Path:
-    """{"model": state dict, "model_config": dict, "cpp_head": state dict}, atomically."""
-    state = {"model": trained.model.state_dict(), "model_config": trained.model.cfg.to_dict(), "step": -1}
-    if trained.cpp_head is not None:
-        state["cpp_head"] = trained.cpp_head.state_dict()
-    return save_checkpoint(path, state)
-
-
-def load_trained(path: str | os.PathLike) -> TrainedModel:
-    """A model file or training checkpoint -> TrainedModel in eval mode (weights_only load)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return trained_from_state(torch.load(path, map_location="cpu", weights_only=True), str(path))
-
-
-def trained_from_state(state: dict[str, Any], source: str) -> TrainedModel:
-    """The TrainedModel (eval mode) of an already loaded model file or training checkpoint: the
-    model, and the CPP head of the file ("cpp_head") or of the checkpoint's objective."""
-    from pemt_pipeline.features.embed import model_from_state
-
-    model = model_from_state(state, ModelConfig(), source)
-    head = state.get("cpp_head")
-    if head is None and "objective" in state:  # a training checkpoint
-        head = {k[len("cpp."):]: v for k, v in state["objective"].items() if k.startswith("cpp.")}
-    cpp = None
-    if head:
-        cpp = CPPHead(2 * model.cfg.transformer.hidden)
-        cpp.load_state_dict(head)
-        cpp.eval()
-    return TrainedModel(model, cpp)

@@ -18,15 +18,15 @@ import torch
 import torch.distributed as dist
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from pemt_pipeline.training.loop import TrainConfig, TrainInputs, _Context, run_training
+from pemt_pipeline.training.loop import RankContext, TrainInputs, run_training
 
 
 def _worker(inputs: TrainInputs) -> dict:
-    cfg = TrainConfig.from_dict(inputs.train)
+    cfg = inputs.train
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
     dist.init_process_group(backend)
     try:
-        ctx = _Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        ctx = RankContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
         return run_training(inputs, ctx)
     finally:
         dist.destroy_process_group()
@@ -35,7 +35,7 @@ def _worker(inputs: TrainInputs) -> dict:
 def train(inputs: TrainInputs) -> dict:
     """Run training in this process, or launch `nnodes x nproc_per_node` DDP workers and wait for them.
     Returns the summary of global rank 0 (on machines other than the first: of their first worker)."""
-    cfg = TrainConfig.from_dict(inputs.train)
+    cfg = inputs.train
     if cfg.world_size == 1:
         return run_training(inputs)
     config = LaunchConfig(min_nodes=cfg.nnodes, max_nodes=cfg.nnodes, nproc_per_node=cfg.nproc_per_node,

@@ -4,6 +4,16 @@ Every optimiser step consumes `grad_accum` batches of `batch_size` videos (the g
 DDP rank takes its slice). The randomness of a step (MEP masks, CPP pairs, dropout) is seeded from
 (seed, step, micro-batch, rank), and augmentations from (seed, epoch, video), so a run resumed from a
 checkpoint continues exactly as the uninterrupted run would (on CPU with deterministic algorithms).
+
+`run_training` in pieces: `build` (a `Trainer`: model, objective, optimiser, schedule, data) ->
+`resume` (from checkpoint_dir/last.pt when it matches) -> `distribute` (DDP, torch.compile) ->
+`train_step` until `steps`, with `log_metrics` every `log_every` and `checkpoint` every
+`checkpoint_every` steps (and both at the end).
+
+Test-only hook: with the environment variable PEMT_KILL_AFTER_CHECKPOINT=<N>, the process that
+writes the checkpoints (rank 0) SIGKILLs itself right after writing the checkpoint of step N (N
+must be a checkpoint step: a multiple of checkpoint_every, or steps), so a test can stop a run at an
+exact step, as a crash would (tests/test_training_chain.py). Unset or empty: no effect.
 """
 
 from __future__ import annotations
@@ -13,9 +23,12 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
+import signal
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +37,17 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from dvclive import Live
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from pemt_pipeline.atomic import remove_stale_temporaries
 from pemt_pipeline.configs import (DEVICE, NON_EMPTY, above, at_least, between, each, from_params, one_of, optional,
                                    require)
-from pemt_pipeline.features.embed import resolve_device
+from pemt_pipeline.devices import resolve_device
+from pemt_pipeline.features.dataset import AugmentConfig, ShardClipDataset, collate, derive_seed, model_batch
 from pemt_pipeline.models import ModelConfig, PEMTModel
-from pemt_pipeline.atomic import remove_stale_temporaries
+from pemt_pipeline.sampling import NegativeSampler
 from pemt_pipeline.training.checkpoint import (
     LAST,
     config_differences,
@@ -42,14 +58,19 @@ from pemt_pipeline.training.checkpoint import (
     set_rng_state,
 )
 from pemt_pipeline.training.data import VARIANTS as BATCH_VARIANTS
-from pemt_pipeline.training.data import AugmentConfig, ShardClipDataset, VideoBatchSampler, collate, derive_seed, model_batch
+from pemt_pipeline.training.data import VideoBatchSampler
 from pemt_pipeline.training.losses import LossConfig, PretrainingObjective
+from pemt_pipeline.training.optim import weight_decay_groups
 
 logger = logging.getLogger(__name__)
 
+KILL_AFTER_CHECKPOINT = "PEMT_KILL_AFTER_CHECKPOINT"  # test-only (module docstring)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training parameters (``training:`` in conf/base/parameters_training.yml documents each)."""
+    """Training parameters (``training:`` in conf/base/parameters_training.yml documents each; the
+    defaults here are the same values, tests/training/test_training_loop.py checks that)."""
 
     steps: int = 200
     batch_size: int = 8
@@ -68,11 +89,11 @@ class TrainConfig:
     bf16: bool = True
     compile: bool = False
     num_workers: int = 0
-    checkpoint_dir: str = "data/06_models/checkpoints"
+    checkpoint_dir: str = "data/06_models/checkpoints"  # the YAML's ${globals:paths.checkpoints}
     checkpoint_every: int = 50
     resume: bool = True
     log_every: int = 10
-    dvclive_dir: str = "dvclive/training"
+    dvclive_dir: str = "data/08_reporting/dvclive/training"
     nproc_per_node: int = 1
     nnodes: int = 1
     rdzv_endpoint: str = "localhost:0"
@@ -82,6 +103,9 @@ class TrainConfig:
     # fields that may change between a run and its resumption
     RUN_FIELDS = ("steps", "checkpoint_every", "log_every", "progress", "num_workers", "resume", "dvclive_dir",
                   "checkpoint_dir", "rdzv_endpoint", "device", "compile")
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> TrainConfig:
@@ -106,26 +130,34 @@ class TrainConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_FIELDS}
 
 
+def training_configs(params: Mapping[str, Any] | None) -> tuple[TrainConfig, LossConfig, AugmentConfig]:
+    """The YAML ``training:`` block as its configs: the ``loss:`` and ``augment:`` blocks (absent:
+    their defaults) and the rest as TrainConfig. Unknown keys or bad values: a ValueError naming them."""
+    params = dict(params or {})
+    loss = LossConfig.from_dict(params.pop("loss", None) or {})
+    augment = AugmentConfig.from_dict(params.pop("augment", None) or {})
+    return TrainConfig.from_dict(params), loss, augment
+
+
 @dataclass
 class TrainInputs:
-    """Everything a training worker needs (picklable, sent to DDP workers)."""
+    """Everything a training worker needs (picklable, sent to DDP workers); configs already parsed."""
 
     manifest: pd.DataFrame  # the videos to train on (already filtered to `splits`)
     negatives: pd.DataFrame  # anchor, candidate, probability; clip ids renumbered for the subset:
     #   its real clips, video after video in manifest order (the dataset's numbering)
     clip_video_index: np.ndarray  # [n_clips] dataset index (video) of each training clip
     fingerprint: str  # of the training data (videos, their content, the negative table): resuming needs the same
-    model: dict[str, Any]
-    loss: dict[str, Any]
-    augment: dict[str, Any]
-    train: dict[str, Any]
+    model: ModelConfig
+    loss: LossConfig
+    augment: AugmentConfig
+    train: TrainConfig
 
 
-def prepare_inputs(manifest: pd.DataFrame, clips: pd.DataFrame, negatives: pd.DataFrame, model: dict, loss: dict,
-                   augment: dict, train: dict) -> TrainInputs:
+def prepare_inputs(manifest: pd.DataFrame, clips: pd.DataFrame, negatives: pd.DataFrame, model: ModelConfig,
+                   loss: LossConfig, augment: AugmentConfig, train: TrainConfig) -> TrainInputs:
     """Check that the manifest, the embedding store's clip table and the negative table agree, keep
     the training splits, and renumber clips for that subset (clear errors before any work)."""
-    cfg = TrainConfig.from_dict(train)
     if manifest.empty:
         raise ValueError("the manifest is empty: ingest some videos first (kedro run --pipelines ingestion)")
     per_video = clips.groupby("video_id", sort=False).size()
@@ -133,10 +165,10 @@ def prepare_inputs(manifest: pd.DataFrame, clips: pd.DataFrame, negatives: pd.Da
     if set(per_video.index) != set(expected.index) or not (per_video.reindex(expected.index) == expected).all():
         raise ValueError("the clip embeddings (and so the negative table) were made for another manifest: "
                          "run the embedding and negatives pipelines again (kedro run --pipelines embedding,negatives)")
-    subset = manifest[manifest["split"].isin(cfg.splits)].reset_index(drop=True)
-    if len(subset) < cfg.batch_size:
-        raise ValueError(f"{len(subset)} videos in splits {list(cfg.splits)}, fewer than training.batch_size "
-                         f"({cfg.batch_size})")
+    subset = manifest[manifest["split"].isin(train.splits)].reset_index(drop=True)
+    if len(subset) < train.batch_size:
+        raise ValueError(f"{len(subset)} videos in splits {list(train.splits)}, fewer than training.batch_size "
+                         f"({train.batch_size})")
     keep = clips["video_id"].isin(subset["video_id"]).to_numpy()
     new_id = np.full(len(clips), -1, dtype=np.int64)
     new_id[keep] = np.arange(int(keep.sum()))
@@ -178,41 +210,84 @@ class PretrainingStep(nn.Module):
         return self.objective(self.model, batch, generator)
 
 
-def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only (not biases, norms, embeddings' vectors, orthogonal generators)."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        (decay if p.ndim >= 2 and "parametrizations" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+@dataclass(frozen=True)
+class RankContext:
+    """Which training process this is: global rank, number of processes, rank on its machine."""
 
-
-@dataclass
-class _Context:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
+    local_rank: int = 0  # the CUDA device index on its machine
 
     @property
     def main(self) -> bool:
+        """Global rank 0: writes checkpoints and metrics."""
         return self.rank == 0
 
 
-def _negative_sampler(inputs: TrainInputs, cfg: TrainConfig):
-    if cfg.negatives != "content":
+@dataclass
+class Trainer:
+    """One run's working state: `build` makes it, `resume` may load a checkpoint into it and
+    `distribute` sets `ddp` and `forward`; `train_step` advances it, `checkpoint` saves it."""
+
+    inputs: TrainInputs
+    ctx: RankContext
+    device: torch.device
+    step_module: PretrainingStep  # model + objective, unwrapped (what the checkpoint holds)
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    dataset: ShardClipDataset
+    sampler: VideoBatchSampler
+    loader: DataLoader
+    ddp: nn.Module | None = None  # step_module wrapped in DDP (itself in one process)
+    forward: nn.Module | None = None  # ddp, compiled when training.compile
+    step: int = 0  # optimiser steps done
+    micro_done: int = 0  # micro-batches done (step x grad_accum)
+    epoch: int = 0
+    resumed_from: int | None = None  # the checkpoint's step, when resumed
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.inputs.train
+
+    @property
+    def last_path(self) -> Path:
+        return Path(self.cfg.checkpoint_dir) / LAST
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.sampler)
+
+
+@dataclass
+class LogWindow:
+    """Sums of the micro-batch logs since the last metric log, and the clips seen meanwhile."""
+
+    sums: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    count: int = 0
+    clips: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, logs: dict[str, float], clips: int) -> None:
+        for k, v in logs.items():
+            self.sums[k] += v
+        self.count += 1
+        self.clips += clips
+
+
+def _negative_sampler(inputs: TrainInputs) -> NegativeSampler | None:
+    if inputs.train.negatives != "content":
         return None
-    from pemt_pipeline.sampling import NegativeSampler
-
-    return NegativeSampler(inputs.negatives, inputs.clip_video_index, seed=cfg.seed)
+    return NegativeSampler(inputs.negatives, inputs.clip_video_index, seed=inputs.train.seed)
 
 
-def _all_finite(value: float, ctx: _Context, device: torch.device) -> bool:
+def _all_finite(value: float, ctx: RankContext, device: torch.device) -> bool:
     flag = torch.tensor([1.0 if math.isfinite(value) else 0.0], device=device)
     if ctx.world_size > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
 
 
-def _mean_logs(sums: dict[str, float], count: int, ctx: _Context, device: torch.device) -> dict[str, float]:
+def _mean_logs(sums: dict[str, float], count: int, ctx: RankContext, device: torch.device) -> dict[str, float]:
     keys = sorted(sums)
     values = torch.tensor([sums[k] / max(count, 1) for k in keys], dtype=torch.float64, device=device)
     if ctx.world_size > 1:
@@ -221,12 +296,10 @@ def _mean_logs(sums: dict[str, float], count: int, ctx: _Context, device: torch.
     return dict(zip(keys, values.tolist()))
 
 
-def run_training(inputs: TrainInputs, ctx: _Context | None = None) -> dict[str, Any]:
-    """Train (resuming from `checkpoint_dir/last.pt` when allowed); returns the summary. Rank 0 writes
-    the checkpoints, dvclive metrics and the final `last.pt`."""
-    ctx = ctx or _Context()
-    cfg = TrainConfig.from_dict(inputs.train)
-    model_cfg = ModelConfig.from_dict(inputs.model)
+def build(inputs: TrainInputs, ctx: RankContext) -> Trainer:
+    """A fresh run: device, determinism and seed, then model + objective, AdamW with its schedule,
+    the training dataset, its batch sampler (this rank's slice) and loader."""
+    cfg = inputs.train
     device = resolve_device(cfg.device)
     if device.type == "cuda" and ctx.world_size > 1:
         device = torch.device("cuda", ctx.local_rank)
@@ -234,140 +307,185 @@ def run_training(inputs: TrainInputs, ctx: _Context | None = None) -> dict[str, 
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     torch.manual_seed(cfg.seed)
-    model = PEMTModel(model_cfg)
-    objective = PretrainingObjective(model, LossConfig.from_dict(inputs.loss))
-    step_module = PretrainingStep(model, objective).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(step_module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
+    model = PEMTModel(inputs.model)
+    step_module = PretrainingStep(model, PretrainingObjective(model, inputs.loss)).to(device)
+    optimizer = torch.optim.AdamW(weight_decay_groups(step_module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-
-    augment = AugmentConfig.from_dict(inputs.augment)
-    dataset = ShardClipDataset(inputs.manifest, augment, train=True, seed=cfg.seed)
-    sampler = VideoBatchSampler(len(dataset), cfg.batch_size, cfg.negatives,
-                                _negative_sampler(inputs, cfg), cfg.batches_per_epoch, cfg.seed, ctx.rank,
-                                ctx.world_size)
+    dataset = ShardClipDataset(inputs.manifest, inputs.augment, train=True, seed=cfg.seed)
+    sampler = VideoBatchSampler(len(dataset), cfg.batch_size, cfg.negatives, _negative_sampler(inputs),
+                                cfg.batches_per_epoch, cfg.seed, ctx.rank, ctx.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
                         pin_memory=device.type == "cuda")
+    return Trainer(inputs, ctx, device, step_module, optimizer, scheduler, dataset, sampler, loader)
 
-    ckpt_dir = Path(cfg.checkpoint_dir)
-    step, resumed_from = 0, None
-    ckpt = load_checkpoint(ckpt_dir / LAST) if cfg.resume and (ckpt_dir / LAST).is_file() else None
-    if ckpt is not None:
-        differ = [f"{key} ({was!r} in the checkpoint, {now!r} now)" for key, was, now in config_differences(
-            {"training": ckpt.get("config") or {}, "model": ckpt.get("model_config") or {}},
-            {"training": cfg.identity(), "model": model_cfg.to_dict()})]
-        if ckpt.get("data") != inputs.fingerprint:
-            differ.append("the training data (manifest, shard contents or negatives table)")
-        if differ:
-            if ctx.main:
-                kept = set_aside(ckpt_dir / LAST, int(ckpt["step"]))
-                logger.warning("%s was written with other parameters or data (%s): starting afresh. It is kept as "
-                               "%s; to resume it, move it back to %s and run with the parameters and data it was "
-                               "written with", ckpt_dir / LAST, "; ".join(differ), kept, ckpt_dir / LAST)
-            ckpt = None
-    if ckpt is not None:
-        step_module.model.load_state_dict(ckpt["model"])
-        step_module.objective.load_state_dict(ckpt["objective"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        sampler.load_state_dict(ckpt["sampler"])
-        set_rng_state(ckpt["rng"])
-        step, resumed_from = int(ckpt["step"]), int(ckpt["step"])
-        logger.info("resuming training from %s at step %d", ckpt_dir / LAST, step)
-    if ctx.main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(ckpt_dir)
 
-    ddp = step_module
-    if ctx.world_size > 1:
-        ddp = nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(ddp) if cfg.compile else ddp
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+def _resume_blockers(ckpt: dict[str, Any], inputs: TrainInputs) -> list[str]:
+    """Why the checkpoint `ckpt` cannot continue with `inputs` (empty: it can)."""
+    differ = [f"{key} ({was!r} in the checkpoint, {now!r} now)" for key, was, now in config_differences(
+        {"training": ckpt.get("config") or {}, "model": ckpt.get("model_config") or {}},
+        {"training": inputs.train.identity(), "model": inputs.model.to_dict()})]
+    if ckpt.get("data") != inputs.fingerprint:
+        differ.append("the training data (manifest, shard contents or negatives table)")
+    return differ
 
-    live = None
-    if ctx.main:
-        from dvclive import Live
 
-        live = Live(dir=cfg.dvclive_dir, resume=resumed_from is not None, save_dvc_exp=False, dvcyaml=None)
-    bpe = len(sampler)
-    micro_done = step * cfg.grad_accum
-    epoch = micro_done // bpe
-    if resumed_from is None:
-        sampler.set_epoch(epoch)
-    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not (cfg.progress and ctx.main))
-    sums, count, clips_seen, t_log = defaultdict(float), 0, 0, time.perf_counter()
-    history: list[dict[str, float]] = []
-    step_module.train()
-    last_path = ckpt_dir / LAST
-
-    def checkpoint() -> None:
-        if micro_done % bpe == 0:  # at an epoch boundary the next epoch starts from the sampler's state now
-            sampler.set_epoch(micro_done // bpe)
+def resume(trainer: Trainer) -> None:
+    """Continue from checkpoint_dir/last.pt when training.resume is on and it was written with these
+    parameters and data; one written otherwise is set aside (`checkpoint.set_aside`, by rank 0) and
+    the run starts afresh. Rank 0 then makes the folder and clears stale temporaries."""
+    cfg, ctx, path = trainer.cfg, trainer.ctx, trainer.last_path
+    ckpt = load_checkpoint(path) if cfg.resume and path.is_file() else None
+    differ = _resume_blockers(ckpt, trainer.inputs) if ckpt is not None else []
+    if differ:
         if ctx.main:
-            save_checkpoint(last_path, {
-                "step": step, "model": step_module.model.state_dict(), "objective": step_module.objective.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "sampler": sampler.state_dict(batches_done=micro_done % bpe), "rng": rng_state(),
-                "config": cfg.identity(), "model_config": model_cfg.to_dict(), "data": inputs.fingerprint})
+            kept = set_aside(path, int(ckpt["step"]))
+            logger.warning("%s was written with other parameters or data (%s): starting afresh. It is kept as "
+                           "%s; to resume it, move it back to %s and run with the parameters and data it was "
+                           "written with", path, "; ".join(differ), kept, path)
+        ckpt = None
+    if ckpt is not None:
+        trainer.step_module.model.load_state_dict(ckpt["model"])
+        trainer.step_module.objective.load_state_dict(ckpt["objective"])
+        trainer.optimizer.load_state_dict(ckpt["optimizer"])
+        trainer.scheduler.load_state_dict(ckpt["scheduler"])
+        trainer.sampler.load_state_dict(ckpt["sampler"])
+        set_rng_state(ckpt["rng"])
+        trainer.step = trainer.resumed_from = int(ckpt["step"])
+        trainer.micro_done = trainer.step * cfg.grad_accum
+        trainer.epoch = trainer.micro_done // trainer.batches_per_epoch
+        logger.info("resuming training from %s at step %d", path, trainer.step)
+    if ctx.main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
 
-    start_time = time.perf_counter()
-    micro = micro_done % cfg.grad_accum
-    while step < cfg.steps:
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            batch = model_batch(batch, device, augment)
-            torch.manual_seed(derive_seed(cfg.seed, step, micro, ctx.rank))  # dropout
-            generator = torch.Generator().manual_seed(derive_seed(cfg.seed, step, micro, 1))  # same on all ranks
-            last_micro = micro == cfg.grad_accum - 1
-            sync = ddp.no_sync() if ctx.world_size > 1 and not last_micro else contextlib.nullcontext()
-            with sync, autocast:
-                loss, logs = forward(batch, generator)
-            if not _all_finite(logs["total"], ctx, device):
-                raise FloatingPointError(
-                    f"the training loss became {logs['total']} at step {step} ({logs}); the last good checkpoint "
-                    f"is {last_path if last_path.exists() else 'none (no checkpoint written yet)'}: lower "
-                    "training.lr or check the data")
-            (loss / cfg.grad_accum).backward()
-            for k, v in logs.items():
-                sums[k] += v
-            count += 1
-            clips_seen += int(batch["clip_mask"].sum()) * ctx.world_size
-            micro_done += 1
-            micro += 1
-            if last_micro:
-                grad_norm = nn.utils.clip_grad_norm_(step_module.parameters(), cfg.clip_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step += 1
-                micro = 0
-                bar.update()
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    means = _mean_logs(sums, count, ctx, device)
-                    elapsed = time.perf_counter() - t_log
-                    means.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
-                                 clips_per_second=clips_seen / elapsed, step=step)
-                    history.append(means)
-                    if live is not None:
-                        live.step = step
-                        for k, v in means.items():
-                            if k != "step":
-                                live.log_metric(f"train/{k}", v)
-                        live.next_step()
-                    bar.set_postfix(loss=f"{means['total']:.3f}", clips_s=f"{means['clips_per_second']:.0f}")
-                    sums, count, clips_seen, t_log = defaultdict(float), 0, 0, time.perf_counter()
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    checkpoint()
-                if step >= cfg.steps:
-                    break
-        if micro_done % bpe == 0:
-            epoch += 1
+
+def distribute(trainer: Trainer) -> None:
+    """Wrap the step module in DDP over the processes (after `resume`: every rank then holds the
+    same weights) and torch.compile it when training.compile."""
+    ddp: nn.Module = trainer.step_module
+    if trainer.ctx.world_size > 1:
+        device_ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+        ddp = nn.parallel.DistributedDataParallel(trainer.step_module, device_ids=device_ids)
+    trainer.ddp = ddp
+    trainer.forward = torch.compile(ddp) if trainer.cfg.compile else ddp
+
+
+def micro_batches(trainer: Trainer) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's batches, epoch after epoch, from where the run stands (a resumed run continues
+    its epoch); the epoch advances once its batches are done."""
+    while True:
+        trainer.dataset.set_epoch(trainer.epoch)
+        trainer.sampler.set_epoch(trainer.epoch)
+        yield from trainer.loader
+        if trainer.micro_done % trainer.batches_per_epoch == 0:
+            trainer.epoch += 1
+
+
+def train_step(trainer: Trainer, batches: Iterator[dict[str, torch.Tensor]], window: LogWindow) -> torch.Tensor:
+    """One optimiser step: forward and backward over `grad_accum` micro-batches (DDP all-reduces the
+    gradients on the last), gradient clipping, AdamW, schedule. Adds the logs to `window`; returns
+    the gradient norm before clipping. A non-finite loss on any rank stops with FloatingPointError."""
+    cfg, ctx = trainer.cfg, trainer.ctx
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and trainer.device.type == "cuda")
+    for micro in range(cfg.grad_accum):
+        batch = model_batch(next(batches), trainer.device, trainer.inputs.augment)
+        torch.manual_seed(derive_seed(cfg.seed, trainer.step, micro, ctx.rank))  # dropout
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, trainer.step, micro, 1))  # same on all ranks
+        last = micro == cfg.grad_accum - 1
+        sync = trainer.ddp.no_sync() if ctx.world_size > 1 and not last else contextlib.nullcontext()
+        with sync, autocast:
+            loss, logs = trainer.forward(batch, generator)
+        if not _all_finite(logs["total"], ctx, trainer.device):
+            path = trainer.last_path
+            raise FloatingPointError(
+                f"the training loss became {logs['total']} at step {trainer.step} ({logs}); the last good checkpoint "
+                f"is {path if path.exists() else 'none (no checkpoint written yet)'}: lower "
+                "training.lr or check the data")
+        (loss / cfg.grad_accum).backward()
+        window.add(logs, int(batch["clip_mask"].sum()) * ctx.world_size)
+        trainer.micro_done += 1
+    grad_norm = nn.utils.clip_grad_norm_(trainer.step_module.parameters(), cfg.clip_grad_norm)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scheduler.step()
+    trainer.step += 1
+    return grad_norm
+
+
+def log_metrics(trainer: Trainer, window: LogWindow, grad_norm: torch.Tensor, live: Live | None) -> dict[str, float]:
+    """The window's mean losses (averaged over ranks), learning rate, gradient norm and clips/s at
+    this step; logged to dvclive as train/<name> when `live`."""
+    means = _mean_logs(window.sums, window.count, trainer.ctx, trainer.device)
+    elapsed = time.perf_counter() - window.start
+    means.update(lr=trainer.scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
+                 clips_per_second=window.clips / elapsed, step=trainer.step)
+    if live is not None:
+        live.step = trainer.step
+        for k, v in means.items():
+            if k != "step":
+                live.log_metric(f"train/{k}", v)
+        live.next_step()
+    return means
+
+
+def checkpoint(trainer: Trainer) -> None:
+    """Write checkpoint_dir/last.pt (rank 0, atomically): all a resumed run needs to continue
+    exactly. At an epoch boundary every rank first moves its sampler to the next epoch, so the
+    checkpoint holds that epoch's start."""
+    bpe = trainer.batches_per_epoch
+    if trainer.micro_done % bpe == 0:
+        trainer.sampler.set_epoch(trainer.micro_done // bpe)
+    if trainer.ctx.main:
+        module = trainer.step_module
+        save_checkpoint(trainer.last_path, {
+            "step": trainer.step, "model": module.model.state_dict(), "objective": module.objective.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+            "sampler": trainer.sampler.state_dict(batches_done=trainer.micro_done % bpe), "rng": rng_state(),
+            "config": trainer.cfg.identity(), "model_config": trainer.inputs.model.to_dict(),
+            "data": trainer.inputs.fingerprint})
+
+
+def kill_after_checkpoint() -> int | None:
+    """The step of PEMT_KILL_AFTER_CHECKPOINT (test-only, module docstring); None when unset or empty."""
+    value = os.environ.get(KILL_AFTER_CHECKPOINT, "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"{KILL_AFTER_CHECKPOINT} must be a step number, got {value!r}")
+    return int(value)
+
+
+def run_training(inputs: TrainInputs, ctx: RankContext | None = None) -> dict[str, Any]:
+    """Train (resuming from `checkpoint_dir/last.pt` when allowed); returns the summary. Rank 0 writes
+    the checkpoints, dvclive metrics and the final `last.pt`."""
+    ctx, cfg = ctx or RankContext(), inputs.train
+    kill_at = kill_after_checkpoint()
+    trainer = build(inputs, ctx)
+    resume(trainer)
+    distribute(trainer)
+    live = Live(dir=cfg.dvclive_dir, resume=trainer.resumed_from is not None, save_dvc_exp=False,
+                dvcyaml=None) if ctx.main else None
+    bar = tqdm(total=cfg.steps, initial=trainer.step, desc="training", unit="step",
+               disable=not (cfg.progress and ctx.main))
+    history: list[dict[str, float]] = []
+    trainer.step_module.train()
+    batches, window, start = micro_batches(trainer), LogWindow(), time.perf_counter()
+    while trainer.step < cfg.steps:
+        grad_norm = train_step(trainer, batches, window)
+        bar.update()
+        done = trainer.step == cfg.steps
+        if trainer.step % cfg.log_every == 0 or done:
+            history.append(log_metrics(trainer, window, grad_norm, live))
+            bar.set_postfix(loss=f"{history[-1]['total']:.3f}", clips_s=f"{history[-1]['clips_per_second']:.0f}")
+            window = LogWindow()
+        if trainer.step % cfg.checkpoint_every == 0 or done:
+            checkpoint(trainer)
+            if trainer.step == kill_at and ctx.main:
+                os.kill(os.getpid(), signal.SIGKILL)  # test-only (module docstring)
     bar.close()
     if live is not None:
         live.end()
-    wall = time.perf_counter() - start_time
-    return {"steps": step, "resumed_from": resumed_from, "wall_seconds": round(wall, 2),
-            "world_size": ctx.world_size, "device": str(device), "final": history[-1] if history else {},
-            "first": history[0] if history else {}, "history": history, "checkpoint": str(last_path)}
-
-
+    return {"steps": trainer.step, "resumed_from": trainer.resumed_from,
+            "wall_seconds": round(time.perf_counter() - start, 2), "world_size": ctx.world_size,
+            "device": str(trainer.device), "final": history[-1] if history else {},
+            "first": history[0] if history else {}, "history": history, "checkpoint": str(trainer.last_path)}

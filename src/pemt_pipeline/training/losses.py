@@ -23,10 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from pemt_pipeline.models import PEMTModel, StreamOutput
 from pemt_pipeline.configs import at_least, between, from_params, require
+from pemt_pipeline.models import CPPHead, PEMTModel, cpp_summary
+from pemt_pipeline.models.fusion import MODALITIES
 
-MODALITIES = ("visual", "audio")
 
 
 @dataclass(frozen=True)
@@ -169,15 +169,6 @@ def cpp_pairs(batch_size: int, generator: torch.Generator | None = None
     return torch.cat([rows, rows]), torch.cat([rows, other]), label
 
 
-class CPPHead(nn.Module):
-    """Binary classifier on a summary [B, d_in] -> logits [B] (Linear + GELU + Linear)."""
-
-    def __init__(self, d_in: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, d_in // 2), nn.GELU(), nn.Linear(d_in // 2, 1))
-
-    def forward(self, summary: Tensor) -> Tensor:
-        return self.net(summary).squeeze(-1)
 
 
 def cpp_loss(head: CPPHead, summary: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -188,13 +179,6 @@ def cpp_loss(head: CPPHead, summary: Tensor, labels: Tensor) -> tuple[Tensor, Te
     return loss, accuracy.detach()
 
 
-def cpp_summary(streams: dict[str, StreamOutput]) -> Tensor:
-    """[B, 2D]: the multimodal stream's visual and audio summaries (early, mid), else the visual
-    and audio Transformers' summaries (late)."""
-    names = MODALITIES
-    if "multimodal_visual" in streams:
-        names = ("multimodal_visual", "multimodal_audio")
-    return torch.cat([streams[n].summary for n in names], dim=-1)
 
 
 def stream_names(model: PEMTModel) -> tuple[str, ...]:

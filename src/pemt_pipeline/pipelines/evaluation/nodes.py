@@ -9,18 +9,21 @@ import pandas as pd
 
 from pemt_pipeline.evaluation.audio import AudioFolderConfig, audio_probe
 from pemt_pipeline.evaluation.probe import ProbeConfig
-from pemt_pipeline.features.embed import load_model
+from pemt_pipeline.evaluation.retrieval import RETRIEVAL_DIRECTIONS
+from pemt_pipeline.models import random_model
 from pemt_pipeline.media.ingest import IngestConfig
+from pemt_pipeline.media.shards import ShardStore
 from pemt_pipeline.evaluation.video import (VideoEvalConfig, model_features, probe_report,
                                             retrieval_report)
 from pemt_pipeline.evaluation.features import VideoFeatures
-from pemt_pipeline.training.checkpoint import TrainedModel
-from pemt_pipeline.training.data import AugmentConfig
+from pemt_pipeline.models import TrainedModel
+from pemt_pipeline.features.dataset import AugmentConfig
 
 
-def extract_features(trained: TrainedModel, manifest: pd.DataFrame, params: dict[str, Any],
+def extract_features(trained: TrainedModel, manifest: pd.DataFrame, clip_shards: ShardStore, params: dict[str, Any],
                      augment: dict[str, Any]) -> dict[str, VideoFeatures]:
-    """Pooled per-video features of the trained model and of its random initialisation."""
+    """Pooled per-video features of the trained model and of its random initialisation (the manifest
+    names the shards of `clip_shards`)."""
     return model_features(trained, manifest, AugmentConfig.from_dict(augment), VideoEvalConfig.from_dict(params))
 
 
@@ -53,7 +56,7 @@ def summarise(probe: dict[str, Any], retrieval: dict[str, Any]) -> dict[str, Any
         for stream, m in streams.items():
             out[f"probe_top1/{model}/{stream}"] = m["top1"]
         out["probe_chance_top1"] = next(iter(streams.values()))["chance_top1"]
-    for direction in ("video_to_audio", "audio_to_video"):
+    for direction in RETRIEVAL_DIRECTIONS:
         for key, value in retrieval[direction].items():
             if key != "n":
                 out[f"retrieval/{direction}/{key}"] = value
@@ -74,6 +77,6 @@ def audio_downstream(trained: TrainedModel, params: dict[str, Any], ingestion: d
     cfg = AudioFolderConfig.from_dict(audio)
     mel = IngestConfig.from_dict(ingestion).mel
     probe = ProbeConfig.from_dict(params.get("probe"))
-    baseline = load_model(trained.model.cfg, None, VideoEvalConfig.from_dict(params).baseline_seed)
+    baseline = random_model(trained.model.cfg, VideoEvalConfig.from_dict(params).baseline_seed)
     return {name: audio_probe(model, root, labels_csv, mel, cfg, probe)
             for name, model in (("pretrained", trained.model), ("random_init", baseline))}

@@ -9,7 +9,8 @@ from pemt_pipeline.pipelines.evaluation.nodes import (audio_downstream, extract_
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(extract_features, inputs=["pretrained_model", "manifest", "params:evaluation", "params:training.augment"],
+            Node(extract_features, inputs=["pretrained_model", "manifest", "clip_shards", "params:evaluation",
+                                           "params:training.augment"],
                  outputs="video_features", name="extract_video_features", tags="video"),
             Node(probe_videos, inputs=["video_features", "manifest", "params:evaluation"],
                  outputs="probe_metrics", name="probe_videos", tags="video"),

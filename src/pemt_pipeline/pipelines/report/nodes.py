@@ -4,6 +4,7 @@ data, seeds and budget, then render the comparison."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pandas as pd
@@ -12,12 +13,13 @@ from pemt_pipeline.evaluation.probe import ProbeConfig
 from pemt_pipeline.evaluation.video import (VideoEvalConfig, model_features, probe_report,
                                             retrieval_report)
 from pemt_pipeline.features import ClipEmbeddings
+from pemt_pipeline.media.shards import ShardStore
 from pemt_pipeline.profiling import PeakMemory
 from pemt_pipeline.reporting import Report, render_report
-from pemt_pipeline.training.checkpoint import load_trained
-from pemt_pipeline.training.data import AugmentConfig
+from pemt_pipeline.models import ModelConfig, load_trained
+from pemt_pipeline.features.dataset import AugmentConfig
 from pemt_pipeline.training.distributed import train
-from pemt_pipeline.training.loop import prepare_inputs
+from pemt_pipeline.training.loop import prepare_inputs, training_configs
 
 MODEL_KEYS = ("fusion", "share_layers", "share_transformers", "rank")
 
@@ -36,18 +38,18 @@ def variant_params(model: dict[str, Any], training: dict[str, Any], report: dict
     return {"name": name, "model": model, "training": training, "seeds": list(report["seeds"])}
 
 
-def train_variant(manifest: pd.DataFrame, clip_embeddings: ClipEmbeddings, negatives_table: pd.DataFrame,
+def train_variant(manifest: pd.DataFrame, clip_shards: ShardStore, clip_embeddings: ClipEmbeddings,
+                  negatives_table: pd.DataFrame,
                   settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Pretrain the variant once per seed (each seed in its own checkpoint folder, resumed if a
     matching checkpoint exists) -> [{seed, trained, summary, peak_memory_mb}]."""
     runs = []
+    model = ModelConfig.from_dict(settings["model"])
+    base, loss, augment = training_configs(settings["training"])
     for seed in settings["seeds"]:
-        training = copy.deepcopy(settings["training"])
-        loss, augment = training.pop("loss"), training.pop("augment")
-        training.update(seed=seed, checkpoint_dir=f"{training['checkpoint_dir']}/seed{seed}",
-                        dvclive_dir=f"{training['dvclive_dir']}/seed{seed}")
-        inputs = prepare_inputs(manifest, clip_embeddings.clips, negatives_table, settings["model"], loss,
-                                augment, training)
+        training = dataclasses.replace(base, seed=seed, checkpoint_dir=f"{base.checkpoint_dir}/seed{seed}",
+                                       dvclive_dir=f"{base.dvclive_dir}/seed{seed}")
+        inputs = prepare_inputs(manifest, clip_embeddings.clips, negatives_table, model, loss, augment, training)
         with PeakMemory() as memory:
             summary = train(inputs)
         runs.append({"seed": seed, "trained": load_trained(summary["checkpoint"]), "summary": summary,
@@ -90,6 +92,7 @@ def collect_results(manifest: pd.DataFrame, report: dict[str, Any], training: di
             "variants": variants}
 
 
-def render(fusion_results: dict[str, Any], pruning_results: dict[str, Any] | None) -> Report:
-    """The comparison as HTML + Markdown (+ figures); the pruning section when its results exist."""
+def render(fusion_results: dict[str, Any] | None, pruning_results: dict[str, Any] | None) -> Report:
+    """The report as HTML + Markdown (+ figures): the fusion comparison and the pruning section, each
+    when its results exist (None: its pipeline has not run yet)."""
     return render_report(fusion_results, pruning_results)

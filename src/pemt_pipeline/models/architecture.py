@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pemt_pipeline.models import ModelConfig
+from .config import ModelConfig
 
 OPS = ("attention", "conv3", "conv1", "skip")
 KERNEL = {"conv3": 3, "conv1": 1}

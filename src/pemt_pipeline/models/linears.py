@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from pemt_pipeline.models import FactorizedLinear
+from .factorized import FactorizedLinear
 
 
 def _check(lin: nn.Module) -> bool:
