@@ -42,7 +42,7 @@ from pemt_pipeline.media.synthetic import DemoConfig
 from pemt_pipeline.models import ModelConfig
 from pemt_pipeline.pipeline_registry import report_variants, use_run_parameters
 from pemt_pipeline.pruning import PruningConfig
-from pemt_pipeline.pipelines.report.nodes import variant_params
+from pemt_pipeline.evaluation.comparison import variant_params
 from pemt_pipeline.sampling.config import SPACES, NegativeConfig
 from pemt_pipeline.features.dataset import AugmentConfig
 from pemt_pipeline.training.loop import TrainConfig

@@ -64,7 +64,7 @@ from pemt_pipeline.devices import resolve_device
 from pemt_pipeline.media import audio as A
 from pemt_pipeline.media import clips as C
 from pemt_pipeline.media.decode import MediaError, decode_audio
-from pemt_pipeline.models import PEMTModel
+from pemt_pipeline.models import PEMTModel, random_model
 
 logger = logging.getLogger(__name__)
 
@@ -380,3 +380,25 @@ def audio_probe(model: PEMTModel, root: str | Path, labels_csv: str | Path, mel_
         "mel": dataclasses.asdict(mel_cfg),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
     }
+
+
+def audio_downstream(model: PEMTModel, root: str | Path, labels_csv: str | Path | None, mel_cfg: A.MelConfig,
+                     cfg: AudioFolderConfig, probe: ProbeConfig, baseline_seed: int) -> dict[str, Any]:
+    """The audio probe of `model` and of its random initialisation (seed `baseline_seed`) on the
+    labelled folder `root` (labels: `labels_csv`, default <root>/labels.csv)."""
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"evaluation.audio.root {str(root)!r} is not a folder: point it at a labelled "
+                                "audio folder (e.g. --params evaluation.audio.root=/data/urbansound8k)")
+    labels_csv = labels_csv or Path(root) / "labels.csv"
+    baseline = random_model(model.cfg, baseline_seed)
+    return {name: audio_probe(m, root, labels_csv, mel_cfg, cfg, probe)
+            for name, m in (("pretrained", model), ("random_init", baseline))}
+
+
+def audio_headline(audio: dict[str, Any]) -> dict[str, Any]:
+    """Headline numbers of the audio downstream task (flat, for `dvc metrics`)."""
+    out = {f"audio_probe_top1/{model}/{stream}": m["top1"]
+           for model, r in audio.items() for stream, m in r["streams"].items()}
+    out["audio_probe_files"] = audio["pretrained"]["counts"]["featurised"]
+    out["audio_probe_rejected"] = audio["pretrained"]["counts"]["rejected"]
+    return out

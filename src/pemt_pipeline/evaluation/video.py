@@ -103,3 +103,19 @@ def pair_auc(matched: np.ndarray, mismatched: np.ndarray) -> float:
     its decision threshold."""
     m, x = np.asarray(matched, float)[:, None], np.asarray(mismatched, float)[None, :]
     return float(((m > x).sum() + 0.5 * (m == x).sum()) / (m.size * x.size))
+
+
+def headline_metrics(probe: dict[str, Any], retrieval: dict[str, Any]) -> dict[str, Any]:
+    """Headline numbers (flat, for `dvc metrics`): probe top-1 per model and stream, retrieval."""
+    out: dict[str, Any] = {}
+    for model, streams in probe.items():
+        for stream, m in streams.items():
+            out[f"probe_top1/{model}/{stream}"] = m["top1"]
+        out["probe_chance_top1"] = next(iter(streams.values()))["chance_top1"]
+    for direction in RETRIEVAL_DIRECTIONS:
+        for key, value in retrieval[direction].items():
+            if key != "n":
+                out[f"retrieval/{direction}/{key}"] = value
+    out["retrieval/cpp_balanced_accuracy"] = retrieval["cpp_balanced_accuracy"]
+    out["retrieval/cpp_auc"] = retrieval["cpp_auc"]
+    return out

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from pemt_pipeline.models import TrainedModel, load_trained
 from pemt_pipeline.training.loop import RankContext, TrainInputs, run_training
 
 
@@ -38,9 +39,20 @@ def train(inputs: TrainInputs) -> dict:
     cfg = inputs.train
     if cfg.world_size == 1:
         return run_training(inputs)
+    run_id = os.environ.get("PEMT_RUN_ID", f"pemt-{uuid.uuid4().hex[:8]}" if cfg.nnodes == 1 else "pemt")
     config = LaunchConfig(min_nodes=cfg.nnodes, max_nodes=cfg.nnodes, nproc_per_node=cfg.nproc_per_node,
-                          run_id=os.environ.get("PEMT_RUN_ID", f"pemt-{uuid.uuid4().hex[:8]}" if cfg.nnodes == 1 else "pemt"),
+                          run_id=run_id,
                           rdzv_backend="c10d", rdzv_endpoint=cfg.rdzv_endpoint, max_restarts=0, monitor_interval=0.5,
                           start_method="spawn")
     results = elastic_launch(config, _worker)(inputs)
     return results[min(results)]
+
+
+def train_model(inputs: TrainInputs) -> tuple[TrainedModel, dict]:
+    """`train`, then the final model with its CPP head and parameter counts in the summary. The
+    model comes from the final checkpoint (`summary["checkpoint"]`), which rank 0 wrote: with DDP the
+    trained weights live in the worker processes."""
+    summary = train(inputs)
+    trained = load_trained(summary["checkpoint"])
+    summary["parameters"] = trained.model.parameter_counts()
+    return trained, summary

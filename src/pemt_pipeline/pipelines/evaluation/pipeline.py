@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from pemt_pipeline.pipelines.evaluation.nodes import (audio_downstream, extract_features, probe_videos, retrieve,
+from pemt_pipeline.pipelines.evaluation.nodes import (audio_downstream_probe, extract_features, probe_videos, retrieve,
                                                       summarise, summarise_audio)
 
 
@@ -18,7 +18,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  outputs="retrieval_metrics", name="retrieve_audio_visual", tags="video"),
             Node(summarise, inputs=["probe_metrics", "retrieval_metrics"], outputs="evaluation_summary",
                  name="summarise_evaluation", tags="video"),
-            Node(audio_downstream, inputs=["pretrained_model", "params:evaluation", "params:ingestion"],
+            Node(audio_downstream_probe, inputs=["pretrained_model", "params:evaluation", "params:ingestion"],
                  outputs="audio_probe_metrics", name="probe_audio_folder", tags="audio_downstream"),
             Node(summarise_audio, inputs="audio_probe_metrics", outputs="audio_evaluation_summary",
                  name="summarise_audio_probe", tags="audio_downstream"),

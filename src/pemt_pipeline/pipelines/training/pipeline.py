@@ -10,10 +10,12 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 prepare_training,
-                inputs=["manifest", "clip_embeddings", "negatives_table", "params:training", "params:model"],
+                inputs=["manifest", "clip_shards", "clip_embeddings", "negatives_table", "params:training",
+                        "params:model"],
                 outputs="training_inputs",
                 name="prepare_training_inputs",
             ),
-            Node(pretrain, inputs="training_inputs", outputs=["pretrained_model", "training_summary"], name="pretrain"),
+            Node(pretrain, inputs="training_inputs", outputs=["pretrained_model", "training_checkpoint", "training_summary"],
+                 name="pretrain"),
         ]
     )
