@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (python3 3.11, make, git):
 #   make demo        bootstrap .venv and run the default pipeline on the embedded demo data
-#   make test        bootstrap .venv and run the test suite (what CI runs: bash .ci/run)
+#   make test        bootstrap .venv, run ruff (make lint), then the test suite (what CI runs: bash .ci/run)
 # The other targets:
 #   make bootstrap   create .venv and install the project with its dev extra, pinned by requirements.lock
 #   make test-fast   the test suite without the end-to-end runs (the tests marked `slow`)
@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml $(LOCK)
 demo: bootstrap
 	$(BIN)/kedro run
 
-test: bootstrap
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: bootstrap

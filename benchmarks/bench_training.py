@@ -53,7 +53,8 @@ def _cpu_variant(name: str, steps: int, queue: mp.Queue) -> None:
         params.update(steps=steps, log_every=steps, checkpoint_every=steps, progress=False, warmup_steps=1,
                       checkpoint_dir=f"{tmp}/ckpt", dvclive_dir=f"{tmp}/live")
         train_cfg, loss_cfg, augment_cfg = training_configs({**params, "loss": loss, "augment": augment})
-        inputs = prepare_inputs(manifest, clips, negatives, ModelConfig.from_dict(model), loss_cfg, augment_cfg, train_cfg)
+        inputs = prepare_inputs(manifest, clips, negatives, ModelConfig.from_dict(model), loss_cfg, augment_cfg,
+                                train_cfg)
         summary = run_training(inputs)
     queue.put({"clips_per_second": summary["final"]["clips_per_second"], "wall_seconds": summary["wall_seconds"],
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})

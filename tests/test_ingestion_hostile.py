@@ -62,7 +62,8 @@ def test_hostile_files_are_rejected_with_reasons(project, hostile_folder):
     m = manifest.set_index("source_path")
     assert m.loc["good.mp4", "label"] == "a" and m.loc["good.mp4", "split"] == "train"
     assert pd.isna(m.loc["odd.mkv", "label"])
-    assert (m.loc["rotated.mp4", "rotation"], m.loc["rotated.mp4", "width"], m.loc["rotated.mp4", "height"]) == (90, 32, 64)
+    rotated = m.loc["rotated.mp4"]
+    assert (rotated["rotation"], rotated["width"], rotated["height"]) == (90, 32, 64)
     for row in manifest.itertuples():
         frames = load_shard(row.shard_path, ("frames",))["frames"]
         assert frames.shape[:2] == (3, 4) and min(frames.shape[2:4]) == 32, row.source_path

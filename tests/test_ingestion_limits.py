@@ -307,7 +307,8 @@ def test_concurrent_ingestion_of_one_shard_folder_waits_or_stops(tmp_path, monke
     try:
         assert ready.wait(10)
         monkeypatch.setenv("PEMT_LOCK_WAIT_S", "0")
-        with pytest.raises(LockedError, match=rf"shard folder.*locked by another run: pid {holder.pid}.*PEMT_LOCK_WAIT_S"):
+        expected = rf"shard folder.*locked by another run: pid {holder.pid}.*PEMT_LOCK_WAIT_S"
+        with pytest.raises(LockedError, match=expected):
             run(folder, shards)
         assert sorted(p.name for p in shards.iterdir()) == before  # nothing pruned, nothing written
         monkeypatch.setenv("PEMT_LOCK_WAIT_S", "30")

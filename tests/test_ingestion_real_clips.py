@@ -47,7 +47,8 @@ def ingested(real_clips_module, tmp_path_factory):
 
 def test_every_file_has_the_expected_outcome(ingested):
     _, manifest, rejects = ingested
-    outcome = {**dict.fromkeys(manifest["source_path"], "accepted"), **dict(zip(rejects["source_path"], rejects["reason"]))}
+    outcome = {**dict.fromkeys(manifest["source_path"], "accepted"),
+               **dict(zip(rejects["source_path"], rejects["reason"]))}
     assert outcome == EXPECTED
     assert rejects["detail"].str.len().min() > 10  # a human-readable detail for each
 
@@ -57,7 +58,10 @@ def test_shapes_dtypes_and_clip_placement(ingested):
     span = clip_span(8, 2, 15)
     for row in manifest.itertuples():
         shard = load_shard(project / row.shard_path)
-        h, w = (64, round(row.width * 64 / row.height)) if row.width >= row.height else (round(row.height * 64 / row.width), 64)
+        if row.width >= row.height:
+            h, w = 64, round(row.width * 64 / row.height)
+        else:
+            h, w = round(row.height * 64 / row.width), 64
         assert shard["frames"].shape == (8, 8, h, w, 3) and shard["frames"].dtype == np.uint8, row.source_path
         assert shard["log_mel"].shape == (8, 40, 48) and shard["log_mel"].dtype == np.float32
         assert np.isfinite(shard["log_mel"]).all()

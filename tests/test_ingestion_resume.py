@@ -5,11 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
+from pemt_pipeline.kill_points import KILL_AFTER_SHARDS
 from tests.conftest import make_project_copy, run_kedro
 
 # conf/base, not the test environment (conf/test): its clips make a run long enough to be killed
@@ -31,18 +31,12 @@ def test_killed_ingestion_resumes_to_the_same_manifest(tmp_path, real_clips, mon
     resumed = make_project_copy(tmp_path / "resumed")
     monkeypatch.chdir(resumed)
     shards = resumed / "data/02_intermediate/shards"
-    proc = subprocess.Popen(_kedro_cmd(real_clips), cwd=resumed, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
-    deadline = time.monotonic() + 120
-    while not (shards.is_dir() and any(shards.glob("*.safetensors"))):
-        assert proc.poll() is None, "ingestion ended before it could be interrupted"
-        assert time.monotonic() < deadline, "no shard appeared"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # SIGKILLed (with its worker) right after its 2nd shard, as a crash would (pemt_pipeline.kill_points)
+    proc = subprocess.run(_kedro_cmd(real_clips), cwd=resumed, capture_output=True, text=True, start_new_session=True,
+                          env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", KILL_AFTER_SHARDS: "2"}, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}, not killed:\n{proc.stderr[-3000:]}"
     written = sorted(p.name for p in shards.glob("*.safetensors"))
-    assert 1 <= len(written) < len(expected), "the run must be interrupted part-way"
+    assert len(written) == 2 < len(expected), "the run must be interrupted after its 2nd shard"
     assert not (resumed / "data/03_primary/manifest.parquet").exists()
     (shards / ".half-written.abc.tmp").write_bytes(b"junk from a killed writer")
 

@@ -29,6 +29,7 @@ def test_paper_parameters_keep_base_siblings(project):
     loader = OmegaConfigLoader(str(project / "conf"), env="paper", runtime_params={"ingestion": {"workers": 3}},
                                **{k: v for k, v in CONFIG_LOADER_ARGS.items() if k != "default_run_env"})
     params = loader["parameters"]["ingestion"]
-    assert (params["fps"], params["frames_per_clip"], params["clips_per_video"], params["sample_rate"]) == (30, 32, 10, 44100)
+    assert (params["fps"], params["frames_per_clip"], params["clips_per_video"], params["sample_rate"]) == \
+        (30, 32, 10, 44100)
     assert params["placement"] == "uniform" and params["short_video_policy"] == "overlap"  # from base
     assert params["workers"] == 3 and params["shard_dir"] == "data/02_intermediate/shards"

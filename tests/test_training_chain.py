@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from pemt_pipeline.training.checkpoint import LAST
-from pemt_pipeline.training.loop import KILL_AFTER_CHECKPOINT
+from pemt_pipeline.kill_points import KILL_AFTER_CHECKPOINT
 from tests.conftest import make_project_copy, run_kedro
 
 # Every run here uses the test environment (conf/test) as it is: 12 steps, a checkpoint every 4.

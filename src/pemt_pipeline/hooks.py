@@ -45,7 +45,7 @@ from pemt_pipeline.pruning import PruningConfig
 from pemt_pipeline.evaluation.comparison import variant_params
 from pemt_pipeline.sampling.config import SPACES, NegativeConfig
 from pemt_pipeline.features.dataset import AugmentConfig
-from pemt_pipeline.training.loop import TrainConfig
+from pemt_pipeline.training.loop import training_configs
 from pemt_pipeline.training.losses import LossConfig
 
 logger = logging.getLogger(__name__)
@@ -98,11 +98,8 @@ def _negatives(p: dict, params: dict) -> None:
 
 
 def _training(p: dict, params: dict) -> None:
-    """As the training node splits it: loss and augment blocks, the rest is TrainConfig."""
-    p = dict(p)
-    LossConfig.from_dict(p.pop("loss", None) or {})
-    AugmentConfig.from_dict(p.pop("augment", None) or {})
-    TrainConfig.from_dict(p)
+    """As the training node parses it (`training_configs`)."""
+    training_configs(p)
 
 
 def _evaluation(p: dict, params: dict) -> None:

@@ -16,9 +16,11 @@ def test_pair_scores_match_one_pair_at_a_time():
         n, t = 5, 4
         mask = torch.ones(n, t, dtype=torch.bool)
         mask[1, 3:] = False  # a video with fewer clips
-        feats = VideoFeatures({}, torch.randn(n, t, model.visual_cnn.out_dim), torch.randn(n, t, model.audio_cnn.out_dim), mask)
+        feats = VideoFeatures({}, torch.randn(n, t, model.visual_cnn.out_dim),
+                              torch.randn(n, t, model.audio_cnn.out_dim), mask)
         scores = pair_scores(model, head, feats, device="cpu")
         with torch.no_grad():
             for i, j in ((0, 0), (0, 3), (1, 2), (4, 1)):
                 streams = model.contextualize(feats.visual[i:i + 1], feats.audio[j:j + 1], mask[i:i + 1], mask[j:j + 1])
-                assert torch.allclose(torch.tensor(scores[i, j]), head(cpp_summary(streams))[0], atol=1e-5), (fusion, i, j)
+                expected = head(cpp_summary(streams))[0]
+                assert torch.allclose(torch.tensor(scores[i, j]), expected, atol=1e-5), (fusion, i, j)

@@ -59,7 +59,8 @@ def test_embed_is_deterministic_and_skips_padding(manifest, tmp_path):
     model_cfg = ModelConfig.from_dict(TINY_MODEL)
     cfg = EmbedConfig(crop=32, batch_size=4, output_dir=str(tmp_path / "a"), progress=False)
     a = embed_clips(manifest, model_cfg, cfg)
-    b = embed_clips(manifest, model_cfg, EmbedConfig(crop=32, batch_size=5, output_dir=str(tmp_path / "b"), progress=False))
+    b = embed_clips(manifest, model_cfg,
+                    EmbedConfig(crop=32, batch_size=5, output_dir=str(tmp_path / "b"), progress=False))
     clips = a.clips
     assert len(clips) == int(manifest["n_clips"].sum()) == 3 + 3 + 2  # 0.9 s fits two 0.4 s clips: 1 padded
     assert a.visual.shape == (8, model_cfg.visual.out_dim) and a.audio.shape == (8, model_cfg.audio.out_dim)
@@ -68,7 +69,8 @@ def test_embed_is_deterministic_and_skips_padding(manifest, tmp_path):
     np.testing.assert_allclose(a.audio, b.audio, rtol=1e-5, atol=1e-6)
     assert clips["clip_id"].tolist() == list(range(8))
     assert (clips.groupby("video_id")["clip_index"].apply(list).map(len).sort_values().tolist()) == [2, 3, 3]
-    other_seed = embed_clips(manifest, model_cfg, EmbedConfig(crop=32, seed=1, output_dir=str(tmp_path / "c"), progress=False))
+    other_seed = embed_clips(manifest, model_cfg,
+                             EmbedConfig(crop=32, seed=1, output_dir=str(tmp_path / "c"), progress=False))
     assert not np.allclose(a.visual, other_seed.visual)
 
 
@@ -77,8 +79,10 @@ def test_checkpoint_is_used(manifest, tmp_path):
     model = random_model(model_cfg, seed=123)
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "model_config": model_cfg.to_dict()}, path)
-    from_ckpt = embed_clips(manifest, model_cfg, EmbedConfig(crop=32, checkpoint=str(path), output_dir=str(tmp_path / "k"), progress=False))
-    seeded = embed_clips(manifest, model_cfg, EmbedConfig(crop=32, seed=123, output_dir=str(tmp_path / "s"), progress=False))
+    from_ckpt = embed_clips(manifest, model_cfg,
+                            EmbedConfig(crop=32, checkpoint=str(path), output_dir=str(tmp_path / "k"), progress=False))
+    seeded = embed_clips(manifest, model_cfg,
+                         EmbedConfig(crop=32, seed=123, output_dir=str(tmp_path / "s"), progress=False))
     np.testing.assert_allclose(from_ckpt.visual, seeded.visual, rtol=1e-5, atol=1e-6)
     assert from_ckpt.meta["checkpoint"] == str(path)
     with pytest.raises(FileNotFoundError, match="missing.pt"):

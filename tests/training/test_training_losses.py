@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pemt_pipeline.models import ModelConfig, PEMTModel, StreamOutput
-from pemt_pipeline.training import LossConfig, MEPHead, PretrainingObjective, cpp_loss, cpp_pairs, mask_positions, mep_loss
+from pemt_pipeline.training import (LossConfig, MEPHead, PretrainingObjective, cpp_loss, cpp_pairs, mask_positions,
+                                    mep_loss)
 from pemt_pipeline.models import CPPHead, cpp_summary
 D = 16
 

@@ -10,10 +10,8 @@ checkpoint continues exactly as the uninterrupted run would (on CPU with determi
 `train_step` until `steps`, with `log_metrics` every `log_every` and `checkpoint` every
 `checkpoint_every` steps (and both at the end).
 
-Test-only hook: with the environment variable PEMT_KILL_AFTER_CHECKPOINT=<N>, the process that
-writes the checkpoints (rank 0) SIGKILLs itself right after writing the checkpoint of step N (N
-must be a checkpoint step: a multiple of checkpoint_every, or steps), so a test can stop a run at an
-exact step, as a crash would (tests/test_training_chain.py). Unset or empty: no effect.
+Test-only: PEMT_KILL_AFTER_CHECKPOINT=<N> SIGKILLs rank 0 right after the checkpoint of step N
+(`pemt_pipeline.kill_points`; tests/test_training_chain.py).
 """
 
 from __future__ import annotations
@@ -23,8 +21,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -46,6 +42,7 @@ from pemt_pipeline.configs import (DEVICE, NON_EMPTY, above, at_least, between, 
                                    require)
 from pemt_pipeline.devices import resolve_device
 from pemt_pipeline.features.dataset import AugmentConfig, ShardClipDataset, collate, derive_seed, model_batch
+from pemt_pipeline.kill_points import KILL_AFTER_CHECKPOINT, kill_at, kill_point
 from pemt_pipeline.models import ModelConfig, PEMTModel
 from pemt_pipeline.sampling import NegativeSampler
 from pemt_pipeline.training.checkpoint import (
@@ -64,7 +61,6 @@ from pemt_pipeline.training.optim import weight_decay_groups
 
 logger = logging.getLogger(__name__)
 
-KILL_AFTER_CHECKPOINT = "PEMT_KILL_AFTER_CHECKPOINT"  # test-only (module docstring)
 
 
 @dataclass(frozen=True)
@@ -445,21 +441,11 @@ def checkpoint(trainer: Trainer) -> None:
             "data": trainer.inputs.fingerprint})
 
 
-def kill_after_checkpoint() -> int | None:
-    """The step of PEMT_KILL_AFTER_CHECKPOINT (test-only, module docstring); None when unset or empty."""
-    value = os.environ.get(KILL_AFTER_CHECKPOINT, "").strip()
-    if not value:
-        return None
-    if not value.isdigit():
-        raise ValueError(f"{KILL_AFTER_CHECKPOINT} must be a step number, got {value!r}")
-    return int(value)
-
-
 def run_training(inputs: TrainInputs, ctx: RankContext | None = None) -> dict[str, Any]:
     """Train (resuming from `checkpoint_dir/last.pt` when allowed); returns the summary. Rank 0 writes
     the checkpoints, dvclive metrics and the final `last.pt`."""
     ctx, cfg = ctx or RankContext(), inputs.train
-    kill_at = kill_after_checkpoint()
+    kill_step = kill_point(KILL_AFTER_CHECKPOINT)  # test-only (pemt_pipeline.kill_points)
     trainer = build(inputs, ctx)
     resume(trainer)
     distribute(trainer)
@@ -480,8 +466,8 @@ def run_training(inputs: TrainInputs, ctx: RankContext | None = None) -> dict[st
             window = LogWindow()
         if trainer.step % cfg.checkpoint_every == 0 or done:
             checkpoint(trainer)
-            if trainer.step == kill_at and ctx.main:
-                os.kill(os.getpid(), signal.SIGKILL)  # test-only (module docstring)
+            if ctx.main:
+                kill_at(kill_step, trainer.step)
     bar.close()
     if live is not None:
         live.end()

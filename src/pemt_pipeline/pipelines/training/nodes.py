@@ -14,7 +14,8 @@ from pemt_pipeline.training.loop import TrainInputs, prepare_inputs, training_co
 
 
 def prepare_training(manifest: pd.DataFrame, clip_shards: ShardStore, clip_embeddings: ClipEmbeddings,
-                     negatives_table: pd.DataFrame, params: dict[str, Any], model_params: dict[str, Any]) -> TrainInputs:
+                     negatives_table: pd.DataFrame, params: dict[str, Any],
+                     model_params: dict[str, Any]) -> TrainInputs:
     """Parse the training and model parameters; check that manifest, embeddings and negative table
     agree; keep the training splits (the manifest names the shards of `clip_shards`)."""
     train_cfg, loss, augment = training_configs(params)

@@ -15,7 +15,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="training_inputs",
                 name="prepare_training_inputs",
             ),
-            Node(pretrain, inputs="training_inputs", outputs=["pretrained_model", "training_checkpoint", "training_summary"],
+            Node(pretrain, inputs="training_inputs",
+                 outputs=["pretrained_model", "training_checkpoint", "training_summary"],
                  name="pretrain"),
         ]
     )
