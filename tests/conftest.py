@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pemt_pipeline.devices import torch_threads
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PEMT_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 
@@ -18,12 +20,8 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tests run torch on one thread: their tensors are small, and the machine has 2 cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def shared_data(name: str) -> Path:

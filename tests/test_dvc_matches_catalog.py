@@ -73,3 +73,18 @@ def test_dvc_stages_match_the_pipelines_and_the_catalog(tmp_path, monkeypatch):
             problems += [f"{name}: dvc out {p} is no output of the pipeline" for p in sorted(outs - NOT_DATASETS)
                          if not any(covered(w, {p}) or covered(p, {w}) for w in writes)]
     assert not problems, "\n".join(problems)
+
+
+def test_training_feeds_pruning_and_evaluation_through_catalog_files(tmp_path, monkeypatch):
+    """The graph kedro-viz draws: training's model file feeds evaluation, its checkpoint pruning."""
+    project = make_project_copy(tmp_path / "project")
+    monkeypatch.chdir(project)
+    bootstrap_project(project)
+    from kedro.framework.project import pipelines
+
+    with KedroSession.create(project_path=project) as session:
+        catalog = session.load_context().catalog
+        training = pipelines["training"].all_outputs()
+        for consumer, edge in (("pruning", "training_checkpoint"), ("evaluation", "pretrained_model")):
+            assert edge in training & pipelines[consumer].inputs(), consumer
+            assert dataset_paths(catalog.get(edge), project), f"{edge} is a file dataset"

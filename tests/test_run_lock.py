@@ -136,6 +136,9 @@ class _Pipeline:
     def inputs(self) -> set[str]:
         return set()
 
+    def all_outputs(self) -> set[str]:
+        return set()
+
 
 class _Parameters:
     def load(self) -> dict:
