@@ -40,7 +40,7 @@ from pemt_pipeline.locking import WAIT_ENV, LockedError, exclusive, wait_seconds
 from pemt_pipeline.media.ingest import IngestConfig
 from pemt_pipeline.media.synthetic import DemoConfig
 from pemt_pipeline.models import ModelConfig
-from pemt_pipeline.pipeline_registry import report_variants, use_run_parameters
+from pemt_pipeline.pipeline_registry import use_run_parameters
 from pemt_pipeline.pruning import PruningConfig
 from pemt_pipeline.evaluation.comparison import variant_params
 from pemt_pipeline.sampling.config import SPACES, NegativeConfig
@@ -181,10 +181,9 @@ class RunParameters:
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        before = report_variants()
         use_run_parameters(context.config_loader["parameters"])
-        if report_variants() != before:  # pipelines built for other variants: build them again
-            kedro_project.pipelines.configure(f"{kedro_project.PACKAGE_NAME}.pipeline_registry")
+        # pipelines already built (for another session's parameters) are built again on next use
+        kedro_project.pipelines.configure(f"{kedro_project.PACKAGE_NAME}.pipeline_registry")
 
 
 class MissingInputError(click.ClickException):

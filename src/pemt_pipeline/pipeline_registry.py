@@ -10,19 +10,19 @@ from kedro.pipeline import Pipeline
 from pemt_pipeline.pipelines import demo_data, embedding, evaluation, ingestion, negatives, pruning, report, training
 from pemt_pipeline.project_config import project_parameters
 
-_run_parameters: dict[str, Any] | None = None  # set by hooks.RunParameters once Kedro loaded the run's config
+_run_parameters: dict[str, Any] | None = None  # set by hooks.RunParameters, used by the next registration
 
 
 def use_run_parameters(parameters: dict[str, Any]) -> None:
-    """The parameters of the session about to run (its `--env` and `--params` applied)."""
+    """The parameters of the session about to run (its `--env` and `--params` applied): the next
+    `register_pipelines` builds the pipelines for them (once; a later one reads the project's conf)."""
     global _run_parameters
     _run_parameters = parameters
 
 
-def report_variants() -> list[str]:
-    """The names of `report.variants`: from the running session's parameters, else (pipelines listed
-    outside a run, e.g. by kedro-viz) from the project's configuration."""
-    params = _run_parameters
+def report_variants(params: dict[str, Any] | None = None) -> list[str]:
+    """The names of `report.variants` of `params`, or (None: pipelines listed outside a run, e.g. by
+    kedro-viz) of the project's configuration."""
     if params is None:
         conf = Path.cwd() / "conf"
         if not conf.is_dir():  # e.g. a notebook in notebooks/: the checkout this package runs from
@@ -37,6 +37,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     default), and the later pipelines work on whatever was ingested last. `report` trains and
     compares the fusion/sharing grid; `pruning` prunes the trained model and renders the report
     (its section alone until the report pipeline has run, then joined to the fusion comparison)."""
+    global _run_parameters
+    run_parameters, _run_parameters = _run_parameters, None
     pipelines = {
         "demo_data": demo_data.create_pipeline(),
         "ingestion": ingestion.create_pipeline(),
@@ -45,7 +47,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "training": training.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
         "pruning": pruning.create_pipeline() + report.render_pipeline(),
-        "report": report.create_pipeline(report_variants()),
+        "report": report.create_pipeline(report_variants(run_parameters)),
     }
     on_demo = Pipeline(pipelines["ingestion"], inputs={"source_videos": "demo_videos"})
     video_evaluation = pipelines["evaluation"].only_nodes_with_tags("video")  # no audio downstream folder needed
