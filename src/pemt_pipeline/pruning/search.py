@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from pemt_pipeline.configs import above, at_least, between, from_params, one_of, optional, require
 from pemt_pipeline.features.dataset import derive_seed
+from pemt_pipeline.training.optim import weight_decay_groups
 
 from .flops import expected_flops, ste_flops, transformer_flops
 from .gated import GatedModel
@@ -103,14 +104,12 @@ def _weights(gated: GatedModel, objective: nn.Module) -> list[nn.Parameter]:
 
 def _adamw(gated: GatedModel, params: list[nn.Parameter], lr: float,
            weight_decay: float) -> torch.optim.AdamW:
-    # weight decay on matrices only: not biases, norms, logits, orthogonal generators (as training)
-    skip = {id(p) for n, p in gated.named_parameters()
-            if "parametrizations" in n or n.endswith("head_logits")}
-    decay = [p for p in params if p.ndim >= 2 and id(p) not in skip]
-    ids = {id(p) for p in decay}
-    rest = [p for p in params if id(p) not in ids]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    """AdamW over `params` with training's weight-decay groups (matrices only), the head-mixing
+    logits excluded."""
+    names = {id(p): n for n, p in gated.named_parameters()}  # params may include the objective's heads
+    groups = weight_decay_groups([(names.get(id(p), ""), p) for p in params], weight_decay,
+                                 exclude=lambda name: name.endswith("head_logits"))
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
 
 
 def _steps(gated: GatedModel, objective: nn.Module, batches: Iterable[dict], steps: int, seed: int,
