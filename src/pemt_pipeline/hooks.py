@@ -40,7 +40,7 @@ from pemt_pipeline.locking import WAIT_ENV, LockedError, exclusive, wait_seconds
 from pemt_pipeline.media.ingest import IngestConfig
 from pemt_pipeline.media.synthetic import DemoConfig
 from pemt_pipeline.models import ModelConfig
-from pemt_pipeline.pipeline_registry import use_run_parameters
+from pemt_pipeline.pipeline_registry import DEFAULT_CHAIN, use_run_parameters
 from pemt_pipeline.pruning import PruningConfig
 from pemt_pipeline.evaluation.comparison import variant_params
 from pemt_pipeline.sampling.config import SPACES, NegativeConfig
@@ -215,29 +215,23 @@ def check_inputs_exist(pipeline, catalog) -> None:
     written = {dataset_path(catalog.get(name)) for name in pipeline.all_outputs()} - {None}
     missing = []
     for name in sorted(pipeline.inputs()):
-        if name.startswith("params:") or name == "parameters":
-            continue
         dataset = catalog.get(name)
-        if dataset is None or isinstance(dataset, MemoryDataset) or getattr(dataset, "optional", False):
+        path = dataset_path(dataset)  # None: parameters and in-memory datasets
+        if path is None or getattr(dataset, "optional", False):
             continue
-        path = dataset_path(dataset)
-        if path is not None and any(path == w or path.startswith(w.rstrip("/") + "/") for w in written):
+        if any(path == w or path.startswith(w.rstrip("/") + "/") for w in written):
             continue  # another dataset of this run writes it first (e.g. demo_videos -> source_videos)
         if not catalog.exists(name):
-            missing.append((name, dataset, producing_pipeline(name)))
+            missing.append((name, path, producing_pipeline(name)))
     if not missing:
         return
     order = {p: i for i, p in enumerate(DEFAULT_CHAIN)}
-    name, dataset, producer = min(missing, key=lambda m: order.get(m[2], len(order)))
-    path = dataset_path(dataset) or name
+    name, path, producer = min(missing, key=lambda m: order.get(m[2], len(order)))
     if producer is None:
         raise MissingInputError(f"input {name!r} ({path}) does not exist: create it, or point the catalog at it")
     default = " (or `kedro run`: the whole default chain on the demo data)" if producer in order else ""
     raise MissingInputError(f"{name!r} ({path}) does not exist yet: run `kedro run --pipelines {producer}` "
                             f"first{default}")
-
-
-DEFAULT_CHAIN = ("demo_data", "ingestion", "embedding", "negatives", "training", "evaluation")
 
 
 class RunGuard:

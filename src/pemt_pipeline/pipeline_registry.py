@@ -10,6 +10,9 @@ from kedro.pipeline import Pipeline
 from pemt_pipeline.pipelines import demo_data, embedding, evaluation, ingestion, negatives, pruning, report, training
 from pemt_pipeline.project_config import project_parameters
 
+# the pipelines `kedro run` (the default) chains, in order
+DEFAULT_CHAIN = ("demo_data", "ingestion", "embedding", "negatives", "training", "evaluation")
+
 _run_parameters: dict[str, Any] | None = None  # set by hooks.RunParameters, used by the next registration
 
 
@@ -51,6 +54,6 @@ def register_pipelines() -> dict[str, Pipeline]:
     }
     on_demo = Pipeline(pipelines["ingestion"], inputs={"source_videos": "demo_videos"})
     video_evaluation = pipelines["evaluation"].only_nodes_with_tags("video")  # no audio downstream folder needed
-    pipelines["__default__"] = (pipelines["demo_data"] + on_demo + pipelines["embedding"] + pipelines["negatives"]
-                                + pipelines["training"] + video_evaluation)
+    chain = {**pipelines, "ingestion": on_demo, "evaluation": video_evaluation}
+    pipelines["__default__"] = sum((chain[name] for name in DEFAULT_CHAIN), Pipeline([]))
     return pipelines

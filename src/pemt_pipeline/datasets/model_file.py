@@ -20,18 +20,15 @@ class PEMTModelDataset(AbstractDataset[TrainedModel, TrainedModel]):
 
     Args:
         filepath: the .pt file.
-        produced_by: the pipeline that writes it, named when the file is missing.
     """
 
-    def __init__(self, filepath: str, produced_by: str = "training", metadata: dict[str, Any] | None = None):
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
         self._filepath = Path(filepath)
-        self._produced_by = produced_by
         self.metadata = metadata
 
     def load(self) -> TrainedModel:
         if not self._filepath.is_file():
-            raise DatasetError(f"{str(self._filepath)!r} does not exist: run "
-                               f"`kedro run --pipelines {self._produced_by}` first")
+            raise DatasetError(f"{str(self._filepath)!r} does not exist: run `kedro run --pipelines training` first")
         return load_trained(self._filepath)
 
     def save(self, data: TrainedModel) -> None:
@@ -41,7 +38,7 @@ class PEMTModelDataset(AbstractDataset[TrainedModel, TrainedModel]):
         return self._filepath.is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath), "produced_by": self._produced_by}
+        return {"filepath": str(self._filepath)}
 
 
 @dataclass

@@ -88,6 +88,15 @@ class AugmentConfig:
         return from_params(cls, d, "training.augment")
 
 
+def videos_in_splits(manifest: pd.DataFrame, splits: tuple[str, ...], batch_size: int, key: str) -> pd.DataFrame:
+    """The manifest's videos of `splits` (renumbered from 0); a ValueError naming `key` (the batch
+    size parameter) when they are fewer than one batch."""
+    subset = manifest[manifest["split"].isin(splits)].reset_index(drop=True)
+    if len(subset) < batch_size:
+        raise ValueError(f"{len(subset)} videos in splits {list(splits)}, fewer than {key} ({batch_size})")
+    return subset
+
+
 def mask_width(rate: float, size: int) -> int:
     """Largest masked width for a masking rate over an axis of `size` (0 = no masking)."""
     return max(1, round(rate * size)) if rate > 0 else 0

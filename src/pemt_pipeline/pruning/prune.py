@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pemt_pipeline.devices import resolve_device, torch_threads
-from pemt_pipeline.features.dataset import AugmentConfig, ShardClipDataset, collate, model_batch
+from pemt_pipeline.features.dataset import AugmentConfig, ShardClipDataset, collate, model_batch, videos_in_splits
 from pemt_pipeline.models import PEMTModel, TrainedModel, trained_from_state
 from pemt_pipeline.training.data import VideoBatchSampler
 from pemt_pipeline.training.losses import LossConfig, PretrainingObjective
@@ -66,10 +66,7 @@ def embed_batches(base: TrainedModel, manifest: pd.DataFrame, cfg: PruningConfig
     training (random batches, augmentation), with the clips replaced by the trained CNNs'
     embeddings (eval mode): the CNNs are not pruned and stay frozen, so search and fine-tuning
     train the Transformers (with projections, token embeddings, objective heads) on these."""
-    subset = manifest[manifest["split"].isin(cfg.splits)].reset_index(drop=True)
-    if len(subset) < cfg.batch_size:
-        raise ValueError(f"{len(subset)} videos in splits {list(cfg.splits)}, fewer than pruning.batch_size "
-                         f"({cfg.batch_size})")
+    subset = videos_in_splits(manifest, cfg.splits, cfg.batch_size, "pruning.batch_size")
     device = resolve_device(cfg.device)
     model = base.model.eval().to(device)
     dataset = ShardClipDataset(subset, augment, train=True, seed=cfg.seed)

@@ -41,7 +41,8 @@ from pemt_pipeline.atomic import remove_stale_temporaries
 from pemt_pipeline.configs import (DEVICE, NON_EMPTY, above, at_least, between, each, from_params, one_of, optional,
                                    require)
 from pemt_pipeline.devices import resolve_device
-from pemt_pipeline.features.dataset import AugmentConfig, ShardClipDataset, collate, derive_seed, model_batch
+from pemt_pipeline.features.dataset import (AugmentConfig, ShardClipDataset, collate, derive_seed, model_batch,
+                                            videos_in_splits)
 from pemt_pipeline.kill_points import KILL_AFTER_CHECKPOINT, kill_at, kill_point
 from pemt_pipeline.models import ModelConfig, PEMTModel
 from pemt_pipeline.sampling import NegativeSampler
@@ -161,10 +162,7 @@ def prepare_inputs(manifest: pd.DataFrame, clips: pd.DataFrame, negatives: pd.Da
     if set(per_video.index) != set(expected.index) or not (per_video.reindex(expected.index) == expected).all():
         raise ValueError("the clip embeddings (and so the negative table) were made for another manifest: "
                          "run the embedding and negatives pipelines again (kedro run --pipelines embedding,negatives)")
-    subset = manifest[manifest["split"].isin(train.splits)].reset_index(drop=True)
-    if len(subset) < train.batch_size:
-        raise ValueError(f"{len(subset)} videos in splits {list(train.splits)}, fewer than training.batch_size "
-                         f"({train.batch_size})")
+    subset = videos_in_splits(manifest, train.splits, train.batch_size, "training.batch_size")
     keep = clips["video_id"].isin(subset["video_id"]).to_numpy()
     new_id = np.full(len(clips), -1, dtype=np.int64)
     new_id[keep] = np.arange(int(keep.sum()))
