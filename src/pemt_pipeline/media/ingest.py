@@ -59,9 +59,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from pemt_pipeline.kill_points import KILL_AFTER_SHARDS, kill_at, kill_point
 from pemt_pipeline.atomic import WriteError
 from pemt_pipeline.configs import between, from_params, one_of, require
+from pemt_pipeline.kill_points import KILL_AFTER_SHARDS, kill_at, kill_point
 from pemt_pipeline.locking import WAIT_ENV, exclusive, wait_seconds
 from pemt_pipeline.media import audio as A
 from pemt_pipeline.media import clips as C
@@ -491,7 +491,7 @@ def _ingest_rows(index: pd.DataFrame, cfg: IngestConfig) -> list[tuple[str, dict
                disable=not cfg.progress)
     run = run_supervised(functools.partial(ingest_video, cfg=cfg), rows, workers, timeout_s=cfg.file_timeout_s,
                          memory_limit_mb=cfg.worker_memory_mb, initializer=_init_worker)
-    kill_after = kill_point(KILL_AFTER_SHARDS)  # test-only (pemt_pipeline.kill_points)
+    kill_after, written = kill_point(KILL_AFTER_SHARDS), 0  # test-only (pemt_pipeline.kill_points)
     with contextlib.closing(run), bar:
         for i, result in run:
             if isinstance(result, TaskFailure):
@@ -500,7 +500,8 @@ def _ingest_rows(index: pd.DataFrame, cfg: IngestConfig) -> list[tuple[str, dict
                 raise result[1]["error"]
             results.append(result)
             bar.update()
-            kill_at(kill_after, sum(status == "accepted" for status, _ in results), process_group=True)
+            written += result[0] == "accepted"
+            kill_at(kill_after, written, process_group=True)
     return results
 
 
