@@ -33,6 +33,15 @@ def shared_data(name: str) -> Path:
     return path
 
 
+def shared_fixture(name: str) -> Path:
+    """A folder of ../shared/fixtures (beside ../shared/data); fails (never skips) when it is missing."""
+    path = SHARED_DATA.parent / "fixtures" / name
+    if not path.is_dir():
+        pytest.fail(f"{path} is missing: the tests need ../shared/fixtures beside the checkout "
+                    "(or PEMT_SHARED_DATA pointing at ../shared/data next to it)")
+    return path
+
+
 @pytest.fixture
 def real_clips() -> Path:
     return shared_data("real_clips")
@@ -88,7 +97,8 @@ def run_kedro(project: Path, pipelines: list[str] | None = None, params: dict | 
         return session.run(pipeline_names=pipelines, **run_args)
 
 
-END_TO_END_MODULES = {"test_demo_chain", "test_dvc", "test_embedding_negatives_chain", "test_ingestion_hostile",
+END_TO_END_MODULES = {"test_demo_chain", "test_dvc", "test_embedding_negatives_chain", "test_finetune_chain",
+                      "test_ingestion_hostile",
                       "test_ingestion_real_clips", "test_ingestion_resume", "test_paper_env", "test_pruning_chain",
                       "test_quality", "test_report_chain", "test_training_chain", "test_viz"}
 

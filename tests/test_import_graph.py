@@ -18,6 +18,7 @@ LAYERS = (
     ("sampling",),
     ("training",),
     ("evaluation",),
+    ("finetuning",),
     ("pruning",),
     ("reporting",),
     # Kedro-aware: configuration loading, datasets, pipelines and the project's wiring

@@ -36,10 +36,13 @@ from pemt_pipeline.evaluation.audio import AudioFolderConfig
 from pemt_pipeline.evaluation.probe import ProbeConfig
 from pemt_pipeline.evaluation.video import VideoEvalConfig
 from pemt_pipeline.features.embed import EmbedConfig
+from pemt_pipeline.features.export import FeatureExportConfig
+from pemt_pipeline.finetuning import FinetuneConfig, PredictConfig
 from pemt_pipeline.locking import WAIT_ENV, LockedError, exclusive, wait_seconds
 from pemt_pipeline.media.ingest import IngestConfig
 from pemt_pipeline.media.synthetic import DemoConfig
 from pemt_pipeline.models import ModelConfig
+from pemt_pipeline.models.authors import ImportConfig
 from pemt_pipeline.pipeline_registry import DEFAULT_CHAIN, use_run_parameters
 from pemt_pipeline.pruning import PruningConfig
 from pemt_pipeline.evaluation.comparison import variant_params
@@ -146,6 +149,10 @@ PARAMETER_CHECKS: dict[str, Callable[[Any, dict], None]] = {
     "evaluation": _evaluation,
     "pruning": _pruning,
     "report": _report,
+    "import": lambda p, _: ImportConfig.from_dict(p),
+    "features": lambda p, _: FeatureExportConfig.from_dict(p),
+    "finetune": lambda p, _: FinetuneConfig.from_dict(p),
+    "predict": lambda p, _: PredictConfig.from_dict(p),
 }
 VARIANT_PREFIX = "report.variants."
 
@@ -172,6 +179,18 @@ def check_parameters(names: list[str], params: dict) -> None:
                 logger.debug("no check for parameter %s", name)
         except ValueError as error:
             raise ParameterError(str(error)) from None
+
+
+def check_model_file(pipeline, runtime_params: Mapping[str, Any] | None) -> None:
+    """`--params model_file=...` points the pipelines that read a model at another file; a run that
+    writes the model (training) must not also have it, or it would write over that file."""
+    if (runtime_params or {}).get("model_file") is None:
+        return
+    written = sorted(pipeline.all_outputs() & {"pretrained_model", "training_checkpoint"})
+    if written:
+        raise ParameterError(f"model_file={runtime_params['model_file']!r} names the model the later pipelines "
+                             f"read, but this run writes it ({', '.join(written)}: training): run training "
+                             "without model_file, and the later pipelines with it")
 
 
 # --------------------------------------------------------------------------- the hooks
@@ -205,7 +224,7 @@ def dataset_path(dataset) -> str | None:
     if dataset is None or isinstance(dataset, MemoryDataset):
         return None
     where = dataset._describe()
-    return next((str(v) for k, v in where.items() if k in ("filepath", "path", "folder")), None)
+    return next((str(v) for k, v in where.items() if k in ("filepath", "path", "folder") and v is not None), None)
 
 
 def check_inputs_exist(pipeline, catalog) -> None:
@@ -244,6 +263,7 @@ class RunGuard:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         check_parameters(parameter_inputs(pipeline), catalog["parameters"].load())
+        check_model_file(pipeline, run_params.get("runtime_params"))
         lock_path = Path(run_params.get("project_path") or Path.cwd()) / LOCK_FILE
         hint = (f"Wait for it to finish, or let this run wait for it: {WAIT_ENV}=<seconds> kedro run ... "
                 f"(-1: no limit)")

@@ -8,6 +8,9 @@ from typing import Any
 from kedro.pipeline import Pipeline
 
 from pemt_pipeline.pipelines import demo_data, embedding, evaluation, ingestion, negatives, pruning, report, training
+from pemt_pipeline.pipelines import features
+from pemt_pipeline.pipelines import import_checkpoint
+from pemt_pipeline.pipelines import finetune, predict
 from pemt_pipeline.project_config import project_parameters
 
 # the pipelines `kedro run` (the default) chains, in order
@@ -51,6 +54,10 @@ def register_pipelines() -> dict[str, Pipeline]:
         "evaluation": evaluation.create_pipeline(),
         "pruning": pruning.create_pipeline() + report.render_pipeline(),
         "report": report.create_pipeline(report_variants(run_parameters)),
+        "features": features.create_pipeline(),
+        "import_checkpoint": import_checkpoint.create_pipeline(),
+        "finetune": finetune.create_pipeline(),
+        "predict": predict.create_pipeline(),
     }
     on_demo = Pipeline(pipelines["ingestion"], inputs={"source_videos": "demo_videos"})
     video_evaluation = pipelines["evaluation"].only_nodes_with_tags("video")  # no audio downstream folder needed

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from pemt_pipeline.models import ModelConfig, PEMTModel
+from pemt_pipeline.models.param_table import (RELEASED_CNN_OPTIONS, SHARING_VARIANTS, meta_model, variant_table,
+                                              with_cnn_options)
 from pemt_pipeline.project_config import project_model_config
-from pemt_pipeline.models.param_table import SHARING_VARIANTS, meta_model, variant_table
 from pemt_pipeline.param_table import main
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -87,6 +88,10 @@ model:
   audio: {width: 4, depths: [1, 1, 1, 1]}
   transformer: {hidden: 16, n_layers: 2, n_heads: 2, ffn: 32}
 """)
+    _write(tmp_path / "base" / "parameters_clips.yml", """
+ingestion: {frames_per_clip: 4, n_mels: 16, mel_frames: 16}
+embedding: {crop: 32}
+""")
     _write(tmp_path / "big" / "parameters_model.yml", "model:\n  transformer: {hidden: 32}\n")
     main(["--conf-source", str(tmp_path), "--env", "big", "--json"])
     out = json.loads(capsys.readouterr().out)
@@ -98,16 +103,23 @@ model:
                     and r["share_transformers"] == "none" and not r["share_layers"])
     d, f = 32, 32
     assert unshared["transformers"] == 3 * 2 * (4 * (d * d + d) + 2 * d * f + f + d + 4 * d)
+    assert out["clip_sizes"] == {"frames": 4, "crop": 32, "n_mels": 16, "mel_frames": 16}
+    assert {(r["options"], r["cnn"]) for r in out["cnns"]} == {
+        (o, c) for o in ("project defaults", "released code", "configured") for c in ("visual_cnn", "audio_cnn")}
     main(["--conf-source", str(tmp_path), "--env", "big"])
     text = capsys.readouterr().out
-    assert "transformer params" in text and "total" in text
+    assert "transformer params" in text and "total" in text and "FLOPs per clip" in text
 
 
 def test_project_conf_paper_env_is_the_paper_model(capsys):
     main(["--conf-source", str(CONF), "--env", "paper", "--json"])  # the repository's conf/
     out = json.loads(capsys.readouterr().out)
     assert out["components"]["transformers"] == 3_843_840
-    assert ModelConfig.from_dict(out["config"]) == ModelConfig()
+    # the paper's sizes (the dataclass defaults) with the CNN options of the authors' released code
+    assert ModelConfig.from_dict(out["config"]) == with_cnn_options(ModelConfig(), RELEASED_CNN_OPTIONS)
+    released = {r["cnn"]: r for r in out["cnns"] if r["options"] == "released code"}
+    assert released["visual_cnn"]["flops_per_clip"] == 47_749_922_816  # 32 x 112 x 112, stem stride 2 in time
+    assert released["audio_cnn"]["parameters"] == 5_841_888
 
 
 def test_project_conf_base_is_small():
@@ -137,7 +149,7 @@ def test_project_model_config_is_what_a_kedro_run_reads(env):
 
     assert KEDRO_ARGS is CONFIG_LOADER_ARGS
     cfg = project_model_config(CONF, env)
-    assert (cfg == ModelConfig()) == (env == "paper")
+    assert (cfg == with_cnn_options(ModelConfig(), RELEASED_CNN_OPTIONS)) == (env == "paper")
     params = project_parameters(CONF, env, {"model": {"transformer": {"hidden": 64}}})
     base = project_parameters(CONF, env)
     assert params["model"]["transformer"]["hidden"] == 64

@@ -9,7 +9,10 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from pemt_pipeline.models import TrainedModel, load_trained, save_trained
+import yaml
+
+from pemt_pipeline.models import TrainedModel, load_state, load_trained, save_trained
+from pemt_pipeline.models.authors import AuthorsCheckpoint, parse_checkpoint
 from pemt_pipeline.training.checkpoint import load_checkpoint
 
 
@@ -88,3 +91,52 @@ class TrainingCheckpointDataset(AbstractDataset[str, TrainingCheckpoint]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+
+@dataclass
+class AuthorsCheckpointFile:
+    """An authors' checkpoint (`pemt_pipeline.models.authors`) and their YAML config, if given."""
+
+    checkpoint: AuthorsCheckpoint
+    config: dict[str, Any] | None
+
+
+class AuthorsCheckpointDataset(AbstractDataset[None, AuthorsCheckpointFile]):
+    """The authors' released checkpoint (`checkpoint.pyth`, read with ``weights_only=True``) and,
+    optionally, the authors' YAML config it was trained with. Read only.
+
+    Args:
+        filepath: the checkpoint; None (no `--params import.path=...`) fails with a message saying so.
+        config_filepath: the authors' config YAML (layers, heads, dropout); None: the model parameters.
+    """
+
+    def __init__(self, filepath: str | None = None, config_filepath: str | None = None,
+                 metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath) if filepath else None
+        self._config = Path(config_filepath) if config_filepath else None
+        self.metadata = metadata
+
+    def load(self) -> AuthorsCheckpointFile:
+        if self._filepath is None:
+            raise DatasetError("no checkpoint to import: run with --params import.path=/path/to/checkpoint.pyth "
+                               "(and optionally import.authors_config=/path/to/their_config.yaml)")
+        ckpt = parse_checkpoint(load_state(self._filepath, "authors' checkpoint"), str(self._filepath))
+        config = None
+        if self._config is not None:
+            if not self._config.is_file():
+                raise DatasetError(f"import.authors_config {str(self._config)!r} does not exist")
+            config = yaml.safe_load(self._config.read_text())
+            if not isinstance(config, dict):
+                raise DatasetError(f"import.authors_config {str(self._config)!r} is not a YAML mapping")
+        return AuthorsCheckpointFile(ckpt, config)
+
+    def save(self, data: None) -> None:
+        raise DatasetError("the authors' checkpoint is read only")
+
+    def _exists(self) -> bool:
+        return self._filepath is not None and self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        # no filepath (no --params import.path): the run's missing-input check leaves it to load()'s message
+        return {"filepath": str(self._filepath) if self._filepath else None,
+                "config_filepath": str(self._config) if self._config else None}

@@ -25,8 +25,9 @@ class VideoFolderDataset(AbstractDataset[dict[str, bytes], VideoSource]):
 
     Args:
         path: the folder.
-        labels_csv: a labels CSV (columns path, label, split); default: ``labels.csv`` in the folder if
-            there is one, else labels from the one-sub-folder-per-class layout.
+        labels_csv: a labels CSV (columns path, label, split), or a Kinetics-style CSV; default:
+            ``labels.csv`` in the folder if there is one. Which labels apply (this CSV, UCF101 split
+            lists, class folders, none) is the ingestion's `layout` parameter (`media.folder`).
     """
 
     def __init__(self, path: str, labels_csv: str | None = None, metadata: dict[str, Any] | None = None):

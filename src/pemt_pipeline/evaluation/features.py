@@ -20,13 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from pemt_pipeline.devices import resolve_device
 from pemt_pipeline.models import PEMTModel
-from pemt_pipeline.features.dataset import AugmentConfig, ShardClipDataset, collate, model_batch
+from pemt_pipeline.features.dataset import AugmentConfig
+from pemt_pipeline.features.export import masked_mean, stream_batches
 from pemt_pipeline.models import CPPHead, cpp_summary
+
+__all__ = ["VideoFeatures", "masked_mean", "pair_scores", "video_features"]
 
 
 @dataclass
@@ -40,29 +41,16 @@ class VideoFeatures:
     mask: Tensor
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over real clips: x [B, T, D], mask [B, T] -> [B, D]."""
-    w = mask.to(x.dtype).unsqueeze(-1)
-    return (x * w).sum(1) / w.sum(1).clamp_min(1)
-
-
 @torch.inference_mode()
 def video_features(model: PEMTModel, manifest: pd.DataFrame, augment: AugmentConfig,
                    batch_size: int = 8, device: str = "auto", progress: bool = True) -> VideoFeatures:
     """Run `model` (eval mode) over every video of `manifest` -> VideoFeatures."""
     if manifest.empty:
         raise ValueError("the manifest lists no video: nothing to evaluate")
-    dev = resolve_device(device)
-    model = model.eval().to(dev)
-    loader = DataLoader(ShardClipDataset(manifest, augment, train=False), batch_size=batch_size,
-                        shuffle=False, collate_fn=collate)
     pooled: dict[str, list[Tensor]] = {}
     keep = {"visual": [], "audio": [], "mask": []}
-    for batch in tqdm(loader, desc="features", unit="batch", disable=not progress):
-        batch = model_batch(batch, dev, augment)
-        mask = batch["clip_mask"]  # [B, T]
-        v, a = model.embed_clips(batch["video"], batch["audio"], mask)
-        streams = model.contextualize(v, a, mask, mask)
+    for batch in stream_batches(model, manifest, augment, batch_size, device, progress):
+        mask, v, a, streams = batch.mask, batch.visual, batch.audio, batch.streams  # [B, T], [B, T, D], ...
         out = {"visual_cnn": masked_mean(v, mask), "audio_cnn": masked_mean(a, mask)}
         for m in ("visual", "audio"):
             if m in streams:

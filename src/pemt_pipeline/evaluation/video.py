@@ -1,8 +1,15 @@
 """Video-level evaluation of a trained model against its random initialisation (no Kedro):
-linear probe per stream on the labelled splits, CPP-based audio-visual retrieval on held-out videos."""
+linear probe per stream on the labelled splits, CPP-based audio-visual retrieval on held-out videos.
+
+An unlabelled collection (pretraining data often is) has no probe: `probe_report(...,
+skip_unlabelled=True)` then returns ``{"skipped": "<why>"}`` (`SKIPPED`) instead of raising, and
+`headline_metrics` carries that reason as ``"probe": {"skipped": ...}`` beside the retrieval numbers,
+which need no labels. Likewise a model without a CPP head (an imported checkpoint, a fine-tuned model)
+has no retrieval: `retrieval_report(..., skip_without_head=True)` gives ``{"skipped": "<why>"}``."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +24,10 @@ from pemt_pipeline.features.dataset import AugmentConfig
 from .features import VideoFeatures, pair_scores, video_features
 from .probe import ProbeConfig, linear_probe
 from .retrieval import RETRIEVAL_DIRECTIONS, retrieval_metrics
+
+logger = logging.getLogger(__name__)
+
+SKIPPED = "skipped"  # the key of a probe or retrieval report that did not run, and of its reason
 
 
 @dataclass(frozen=True)
@@ -46,15 +57,26 @@ class VideoEvalConfig:
                 batch_size=at_least(1), device=DEVICE)
 
 
-def labelled_splits(manifest: pd.DataFrame, cfg: VideoEvalConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Row masks of the probe's train and test videos (labelled ones only), with clear errors."""
+def _labelled_masks(manifest: pd.DataFrame, cfg: VideoEvalConfig) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Row masks of the probe's train and test videos (labelled ones only) and why the probe cannot
+    run on them (None when it can)."""
     labelled = manifest["label"].notna().to_numpy() if "label" in manifest else np.zeros(len(manifest), bool)
     train = manifest["split"].isin(cfg.train_splits).to_numpy() & labelled
     test = manifest["split"].isin(cfg.test_splits).to_numpy() & labelled
     for name, mask, splits in (("train", train, cfg.train_splits), ("test", test, cfg.test_splits)):
         if not mask.any():
-            raise ValueError(f"no labelled video in the {name} split(s) {list(splits)} of the manifest "
-                             f"(splits present: {sorted(manifest['split'].unique())})")
+            return train, test, (f"no labelled videos in the {name} split(s) {list(splits)}: the linear probe "
+                                 f"needs labels ({int(labelled.sum())} of {len(manifest)} manifest videos are "
+                                 f"labelled; splits present: {sorted(manifest['split'].unique())})")
+    return train, test, None
+
+
+def labelled_splits(manifest: pd.DataFrame, cfg: VideoEvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Row masks of the probe's train and test videos (labelled ones only); ValueError saying why
+    when either is empty."""
+    train, test, skipped = _labelled_masks(manifest, cfg)
+    if skipped:
+        raise ValueError(skipped)
     return train, test
 
 
@@ -67,9 +89,16 @@ def model_features(trained: TrainedModel, manifest: pd.DataFrame, augment: Augme
 
 
 def probe_report(features: dict[str, VideoFeatures], manifest: pd.DataFrame, cfg: VideoEvalConfig,
-                 probe: ProbeConfig) -> dict[str, Any]:
-    """{model: {stream: linear_probe metrics}} on the labelled train/test splits."""
-    train, test = labelled_splits(manifest, cfg)
+                 probe: ProbeConfig, skip_unlabelled: bool = False) -> dict[str, Any]:
+    """{model: {stream: linear_probe metrics}} on the labelled train/test splits. Without labelled
+    videos in either: a ValueError, or with `skip_unlabelled` a logged warning and
+    ``{"skipped": "<why>"}``."""
+    train, test, skipped = _labelled_masks(manifest, cfg)
+    if skipped and skip_unlabelled:
+        logger.warning("linear probe skipped: %s", skipped)
+        return {SKIPPED: skipped}
+    if skipped:
+        raise ValueError(skipped)
     y = manifest["label"].astype(str).to_numpy()
     return {name: {stream: linear_probe(x[train], y[train], x[test], y[test], probe)
                    for stream, x in f.pooled.items()}
@@ -77,11 +106,17 @@ def probe_report(features: dict[str, VideoFeatures], manifest: pd.DataFrame, cfg
 
 
 def retrieval_report(trained: TrainedModel, features: VideoFeatures, manifest: pd.DataFrame,
-                     cfg: VideoEvalConfig) -> dict[str, Any]:
-    """video->audio and audio->video retrieval among the held-out videos, ranked by the CPP head."""
+                     cfg: VideoEvalConfig, skip_without_head: bool = False) -> dict[str, Any]:
+    """video->audio and audio->video retrieval among the held-out videos, ranked by the CPP head.
+    A model without one: a ValueError, or with `skip_without_head` a logged warning and
+    ``{"skipped": "<why>"}``."""
     if trained.cpp_head is None:
-        raise ValueError("the model file holds no CPP head, which retrieval ranks by: re-export it "
-                         "with the training pipeline")
+        why = ("the model holds no CPP head (Correct Pair Prediction), which retrieval ranks pairs by: a model "
+               "pretrained here has one; an imported or fine-tuned model file does not")
+        if not skip_without_head:
+            raise ValueError(why)
+        logger.warning("retrieval skipped: %s", why)
+        return {SKIPPED: why}
     rows = np.flatnonzero(manifest["split"].isin(cfg.test_splits).to_numpy())[:cfg.retrieval_max_videos]
     if len(rows) < 2:
         raise ValueError(f"retrieval needs at least 2 videos in splits {list(cfg.test_splits)}, found {len(rows)}")
@@ -106,12 +141,19 @@ def pair_auc(matched: np.ndarray, mismatched: np.ndarray) -> float:
 
 
 def headline_metrics(probe: dict[str, Any], retrieval: dict[str, Any]) -> dict[str, Any]:
-    """Headline numbers (flat, for `dvc metrics`): probe top-1 per model and stream, retrieval."""
+    """Headline numbers (flat, for `dvc metrics`): probe top-1 per model and stream, retrieval (each
+    ``{"skipped": why}`` under "probe" / "retrieval" when it did not run)."""
     out: dict[str, Any] = {}
-    for model, streams in probe.items():
-        for stream, m in streams.items():
-            out[f"probe_top1/{model}/{stream}"] = m["top1"]
-        out["probe_chance_top1"] = next(iter(streams.values()))["chance_top1"]
+    if SKIPPED in probe:
+        out["probe"] = {SKIPPED: probe[SKIPPED]}
+    else:
+        for model, streams in probe.items():
+            for stream, m in streams.items():
+                out[f"probe_top1/{model}/{stream}"] = m["top1"]
+            out["probe_chance_top1"] = next(iter(streams.values()))["chance_top1"]
+    if SKIPPED in retrieval:
+        out["retrieval"] = {SKIPPED: retrieval[SKIPPED]}
+        return out
     for direction in RETRIEVAL_DIRECTIONS:
         for key, value in retrieval[direction].items():
             if key != "n":

@@ -81,7 +81,7 @@ from pemt_pipeline.media.decode import (
     scan_extent,
     set_decoder_threads,
 )
-from pemt_pipeline.media.folder import DEFAULT_EXTENSIONS
+from pemt_pipeline.media.folder import DEFAULT_EXTENSIONS, LabelLayout
 from pemt_pipeline.media.clip_codecs import CODECS, H264_PRESETS, ClipCodec
 from pemt_pipeline.media.shards import SHARD_SUFFIX, encode_frames, read_metadata, remove_stale_temporaries, write_shard
 from pemt_pipeline.media.workers import TaskFailure, run_supervised
@@ -137,6 +137,9 @@ class IngestConfig:
     extensions: tuple[str, ...] | None = DEFAULT_EXTENSIONS
     test_fraction: float = 0.2
     split_seed: int = 0
+    layout: str = "auto"  # where labels come from (`media.folder`): these three do not change shards
+    ucf101_split: int = 1
+    split_lists_dir: str | None = None
     prune_stale_shards: bool = True
     progress: bool = True
 
@@ -145,7 +148,7 @@ class IngestConfig:
     RUN_FIELDS = ("shard_dir", "workers", "decoder_threads", "extensions", "test_fraction", "split_seed",
                   "prune_stale_shards", "progress", "max_pixels", "max_duration_s", "min_sample_rate",
                   "max_sample_rate", "max_audio_channels", "seek_gap_s", "file_timeout_s", "worker_memory_mb",
-                  "follow_symlinks")
+                  "follow_symlinks", "layout", "ucf101_split", "split_lists_dir")
 
     CODEC_FIELDS = ("frame_codec", "h264_crf", "h264_preset", "jpeg_quality")  # hashed as `codec.settings()`
 
@@ -186,6 +189,11 @@ class IngestConfig:
             raise ValueError(f"ingestion.max_audio_channels must be >= 1, got {self.max_audio_channels!r}")
         require("ingestion", self, frame_codec=one_of(CODECS), h264_crf=between(0, 51),
                 h264_preset=one_of(H264_PRESETS), jpeg_quality=between(1, 100))
+        self.label_layout.validate()
+
+    @property
+    def label_layout(self) -> LabelLayout:
+        return LabelLayout(self.layout, self.ucf101_split, self.split_lists_dir)
 
     @property
     def codec(self) -> ClipCodec:

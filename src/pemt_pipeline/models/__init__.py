@@ -3,6 +3,7 @@ pruned model, the CPP head, and the model files that hold them."""
 
 from .architecture import (KERNEL, OPS, Architecture, full_architecture, stream_lengths,
                            validate_architecture)
+from .classifiers import ClassifierConfig, VideoClassifier, VisualCNNClassifier, build_classifier
 from .cnn import ResNet, audio_resnet, visual_resnet
 from .config import (
     AudioCNNConfig,
@@ -23,6 +24,7 @@ from .files import (
     save_trained,
     trained_from_state,
 )
+from .finetuned import FINETUNED_FORMAT, FinetunedModel, load_finetuned, save_finetuned
 from .fusion import ModelOutput, PEMTModel, StreamOutput
 from .heads import CPPHead, cpp_summary
 from .pruned import PrunedConfig, PrunedModel
@@ -30,6 +32,8 @@ from .streams import plain_sigmas
 from .transformer import Transformer, TransformerLayer, build_transformers
 
 __all__ = [
+    "FINETUNED_FORMAT", "ClassifierConfig", "FinetunedModel", "VideoClassifier", "VisualCNNClassifier",
+    "build_classifier", "load_finetuned", "save_finetuned",
     "KERNEL", "OPS", "PRUNED_FORMAT", "Architecture", "AudioCNNConfig", "CPPHead", "FactorizedLinear",
     "ModelConfig", "ModelOutput", "PEMTModel", "PrunedConfig", "PrunedModel", "ResNet", "StreamOutput",
     "TrainedModel", "Transformer", "TransformerConfig", "TransformerLayer", "VisualCNNConfig", "audio_resnet",

@@ -75,10 +75,10 @@ def _shortcut(conv: Callable[..., nn.Module], c_in: int, c_out: int, stride) -> 
 
 def visual_resnet(cfg: VisualCNNConfig) -> ResNet:
     """Single-pathway 3D ResNet: temporal kernel k_t in each block's first conv (k_t x 1 x 1), then
-    1 x 3 x 3 (strided) and 1 x 1 x 1; no temporal striding. Input [N, 3, F, H, W]."""
+    1 x 3 x 3 (strided) and 1 x 1 x 1; only the stem may stride time. Input [N, 3, F, H, W]."""
     kt = cfg.stem_temporal_kernel
     stem = nn.Sequential(
-        Conv3dNormActivation(cfg.in_channels, cfg.width, (kt, 7, 7), (1, 2, 2)),
+        Conv3dNormActivation(cfg.in_channels, cfg.width, (kt, 7, 7), (cfg.stem_temporal_stride, 2, 2)),
         nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)))
 
     def block(c_in: int, c_inner: int, c_out: int, stride: int, stage: int) -> Bottleneck:
@@ -94,22 +94,25 @@ def visual_resnet(cfg: VisualCNNConfig) -> ResNet:
     return ResNet(stem, block, cfg.width, cfg.depths, strides)
 
 
-def separable_conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Sequential:
-    """A k x k conv as k x 1 (frequency) then 1 x k (time), then BatchNorm + ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, (k, 1), (stride, 1), (k // 2, 0), bias=False),
-        Conv2dNormActivation(c_out, c_out, (1, k), (1, stride)))
+def separable_conv(c_in: int, c_out: int, k: int, stride: int = 1, inner_norm: bool = False) -> nn.Sequential:
+    """A k x k conv as k x 1 (frequency) then 1 x k (time), then BatchNorm + ReLU; with `inner_norm`
+    also BatchNorm + ReLU between the halves (the authors' released code)."""
+    first = (Conv2dNormActivation(c_in, c_out, (k, 1), (stride, 1)) if inner_norm
+             else nn.Conv2d(c_in, c_out, (k, 1), (stride, 1), (k // 2, 0), bias=False))
+    return nn.Sequential(first, Conv2dNormActivation(c_out, c_out, (1, k), (1, stride)))
 
 
 def audio_resnet(cfg: AudioCNNConfig) -> ResNet:
-    """2D ResNet over log-mel [N, 1, n_mels, frames]; separable stem and 3 x 3 convs, no pooling
-    in the stem, each stage strided by `cfg.strides`."""
-    stem = separable_conv(1, cfg.width, cfg.stem_kernel)
+    """2D ResNet over log-mel [N, 1, n_mels, frames]: separable stem, no pooling in the stem, each
+    stage strided by `cfg.strides`, its 3 x 3 conv separable where `cfg.separable_stages` says."""
+    stem = separable_conv(1, cfg.width, cfg.stem_kernel, inner_norm=cfg.separable_inner_norm)
 
     def block(c_in: int, c_inner: int, c_out: int, stride: int, stage: int) -> Bottleneck:
+        middle = (separable_conv(c_inner, c_inner, 3, stride, cfg.separable_inner_norm)
+                  if cfg.separable_stages[stage] else Conv2dNormActivation(c_inner, c_inner, 3, stride))
         branch = nn.Sequential(
             Conv2dNormActivation(c_in, c_inner, 1),
-            separable_conv(c_inner, c_inner, 3, stride),
+            middle,
             Conv2dNormActivation(c_inner, c_out, 1, activation_layer=None))
         return Bottleneck(branch, _shortcut(Conv2dNormActivation, c_in, c_out, stride))
 

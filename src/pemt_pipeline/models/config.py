@@ -1,4 +1,7 @@
-"""Model configuration: plain dataclasses; their defaults are the paper's (METHOD.md)."""
+"""Model configuration: plain dataclasses; their defaults are the paper's sizes (METHOD.md). The CNN
+options where the authors' released code differs (visual stem stride in time, audio stem kernel, norms
+between separable halves, which audio stages are separable) default to the project's original
+choices, so earlier model files keep loading; conf/paper sets the released code's."""
 
 from __future__ import annotations
 
@@ -30,8 +33,14 @@ class _ResNetConfig:
         per_stage = {name: ((lambda v: len(v) == stages and all(x >= 1 for x in v)),
                             f"a list of {stages} values >= 1 (one per stage of depths)")
                      for name in ("temporal_kernels", "strides") if hasattr(self, name)}
-        kernels = {name: one for name in ("stem_temporal_kernel", "stem_kernel", "in_channels") if hasattr(self, name)}
-        require(self.SECTION, self, width=one, depths=each(one), **kernels, **per_stage)
+        kernels = {name: one for name in ("stem_temporal_kernel", "stem_temporal_stride", "stem_kernel", "in_channels")
+                   if hasattr(self, name)}
+        flags = {name: (lambda v: isinstance(v, bool), "true or false")
+                 for name in ("separable_inner_norm",) if hasattr(self, name)}
+        if hasattr(self, "separable_stages"):
+            flags["separable_stages"] = ((lambda v: len(v) == stages and all(isinstance(x, bool) for x in v)),
+                                         f"a list of {stages} true/false values (one per stage of depths)")
+        require(self.SECTION, self, width=one, depths=each(one), **kernels, **per_stage, **flags)
 
 
 @dataclass
@@ -42,20 +51,27 @@ class VisualCNNConfig(_ResNetConfig):
     width: int = 64
     depths: tuple[int, ...] = (3, 4, 6, 3)
     stem_temporal_kernel: int = 5
+    # temporal stride of the stem conv: 1 keeps every frame; the authors' released code uses 2, so
+    # every later stage runs on half the frames
+    stem_temporal_stride: int = 1
     temporal_kernels: tuple[int, ...] = (1, 1, 3, 3)  # temporal kernel of each stage's first conv
     in_channels: int = 3
 
 
 @dataclass
 class AudioCNNConfig(_ResNetConfig):
-    """2D ResNet over log-mel spectrograms, every k x k conv separable (k x 1 then 1 x k).
-    Defaults: ResNet-50, width 32 -> 1024-d clips."""
+    """2D ResNet over log-mel spectrograms; the stem and the 3 x 3 convs of the `separable_stages`
+    are separable (k x 1 then 1 x k). Defaults: ResNet-50, width 32 -> 1024-d clips, every stage
+    separable, no norm between the halves. The authors' released code: stem_kernel 9,
+    separable_inner_norm true, separable_stages [true, true, false, false]."""
 
     SECTION = "model.audio"
     width: int = 32
     depths: tuple[int, ...] = (3, 4, 6, 3)
     strides: tuple[int, ...] = (2, 2, 2, 2)  # stride of each stage (the stem keeps full size)
     stem_kernel: int = 7
+    separable_inner_norm: bool = False  # BatchNorm + ReLU between the k x 1 and 1 x k halves
+    separable_stages: tuple[bool, ...] = (True, True, True, True)  # per stage: separable 3 x 3, else plain
 
 
 @dataclass

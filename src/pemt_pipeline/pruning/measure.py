@@ -55,14 +55,14 @@ def contextualize_latency(model: PEMTModel, features: VideoFeatures, cfg: Latenc
 
 def measure(trained: TrainedModel, manifest: pd.DataFrame, cfg: PruningConfig, evaluation: VideoEvalConfig,
             probe: ProbeConfig, augment: AugmentConfig) -> dict[str, Any]:
-    """FLOPs (analytic, per video), Transformer parameters, latency, probe per stream, retrieval,
-    on `cfg.threads` CPU threads."""
+    """FLOPs (analytic, per video), Transformer parameters, latency, probe per stream, retrieval
+    (``{"skipped": why}`` for a model file without a CPP head), on `cfg.threads` CPU threads."""
     model = trained.model
     with torch_threads(cfg.threads):
         features = video_features(model, manifest, augment, evaluation.batch_size, evaluation.device,
                                   evaluation.progress)
         probed = probe_report({"model": features}, manifest, evaluation, probe)
-        retrieval = retrieval_report(trained, features, manifest, evaluation)
+        retrieval = retrieval_report(trained, features, manifest, evaluation, skip_without_head=True)
         pruned = isinstance(model, PrunedModel)
         arch = model.architecture() if pruned else full_architecture(model.cfg)
         # timed as deployed: orthogonal Sigmas as plain matrices (as the exported models hold them), not

@@ -39,12 +39,13 @@ logger = logging.getLogger(__name__)
 
 def load_pruning_source(state: dict[str, Any], source: str) -> tuple[TrainedModel, dict[str, Tensor]]:
     """The trained model with its CPP head, and the state of the pretraining objective (MEP and CPP
-    heads), of a loaded training checkpoint (`source` names it in errors)."""
+    heads) of a loaded training checkpoint, or {} for a model file (e.g. an imported or fine-tuned
+    one), which holds no objective: the search then starts the heads afresh (the CPP head from the
+    file's when it has one) and trains them with the Transformers. `source` names the file."""
     if "objective" not in state:
-        raise ValueError(f"{source!r} holds no pretraining objective (MEP and CPP heads), which the search "
-                         "trains with: pruning starts from a training checkpoint (last.pt), not from an "
-                         "exported model file")
-    return trained_from_state(state, source), state["objective"]
+        logger.warning("%s holds no pretraining objective (it is a model file, not a training checkpoint): the "
+                       "MEP and CPP heads the search trains with start afresh", source)
+    return trained_from_state(state, source), state.get("objective") or {}
 
 
 @contextlib.contextmanager
@@ -97,8 +98,13 @@ def prune_one(base: TrainedModel, objective_state: dict[str, Tensor], batches: l
     Returns the pruned model (base's CNNs) with its fine-tuned CPP head, and the logs."""
     device = resolve_device(cfg.device)
     model = copy.deepcopy(base.model).to(device)
-    objective = PretrainingObjective(model, loss)
-    objective.load_state_dict(objective_state)
+    with torch.random.fork_rng():  # fresh heads (a model file) drawn the same every run
+        torch.manual_seed(cfg.seed)
+        objective = PretrainingObjective(model, loss)
+    if objective_state:
+        objective.load_state_dict(objective_state)
+    elif base.cpp_head is not None:
+        objective.cpp.load_state_dict(base.cpp_head.state_dict())
     objective.to(device)
     gated = GatedModel(model, init_score=cfg.init_score)
     start = time.perf_counter()

@@ -261,7 +261,8 @@ def pruning_stream(pruning: Mapping) -> str:
 
 
 def mean_recall1(retrieval: Mapping) -> float | None:
-    a, b = (retrieval[d]["recall@1"] for d in RETRIEVAL_DIRECTIONS)
+    """Mean recall@1 of the two directions; None when either is missing (retrieval skipped) or not finite."""
+    a, b = (retrieval.get(d, {}).get("recall@1") for d in RETRIEVAL_DIRECTIONS)
     return (a + b) / 2 if finite(a) and finite(b) else None
 
 

@@ -319,6 +319,11 @@ def _with_delta(value: Any, base: Any) -> str:
     return f"{fmt_pct(value)} ({100 * (value - base):+.1f})"
 
 
+def _recall1(measured: Mapping, direction: str) -> float | None:
+    """recall@1 of a pruning measurement; None when its retrieval was skipped (no CPP head)."""
+    return measured["retrieval"].get(direction, {}).get("recall@1")
+
+
 def _pruning(doc: Document, pruning: Mapping, out: dict[str, bytes]) -> None:
     cfg, base, targets = pruning["config"], pruning["base"], pruning["targets"]
     device = str(base.get("latency_device", "cpu"))
@@ -343,9 +348,7 @@ def _pruning(doc: Document, pruning: Mapping, out: dict[str, bytes]) -> None:
                 + [(fmt_pct(m["probe"].get(s, {}).get("top1")) if m is base
                     else _with_delta(m["probe"].get(s, {}).get("top1"),
                                      base["probe"][s]["top1"])) for s in streams]
-                + [(fmt_pct(m["retrieval"][d]["recall@1"]) if m is base
-                    else _with_delta(m["retrieval"][d]["recall@1"],
-                                     base["retrieval"][d]["recall@1"]))
+                + [(fmt_pct(_recall1(m, d)) if m is base else _with_delta(_recall1(m, d), _recall1(base, d)))
                    for d in RETRIEVAL_DIRECTIONS])
 
     rows = [row("unpruned", "—", base, 1.0)]
@@ -381,7 +384,7 @@ def _pruning(doc: Document, pruning: Mapping, out: dict[str, bytes]) -> None:
     labels = ["unpruned"] + [f"target {t['target']:g}" for t in targets]
     models = [base] + list(targets)
     probe = {s: [m["probe"].get(s, {}).get("top1") for m in models] for s in streams}
-    recall1 = {d: [m["retrieval"][d]["recall@1"] for m in models] for d in RETRIEVAL_DIRECTIONS}
+    recall1 = {d: [_recall1(m, d) for m in models] for d in RETRIEVAL_DIRECTIONS}
     name = "pruning_tradeoff.png"
     out[name] = figs.tradeoff_figure([r if finite(r) else math.nan for r in ratios], labels,
                                      probe, recall1)

@@ -7,7 +7,7 @@ the key, e.g. ``fusion_results['variants']['mid_lowrank']['runs'][1]: missing re
 - fusion: a run's ``train_seconds``; ``probe['random_init']`` (the report then says ``n/a``);
   a history row's loss terms (only ``step`` and ``total`` are required); retrieval ``n``/``n_videos``.
 - pruning: ``config['model_file']``, ``base['latency_device']`` (default ``cpu``), a search history
-  row's extra keys.
+  row's extra keys; a model's retrieval may be ``{"skipped": why}`` (no CPP head: shown as n/a).
 
 Metric values may be None or NaN (a failed metric): they are shown as ``n/a`` and left out of
 means and of the conclusion's comparisons.
@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pemt_pipeline.evaluation.retrieval import RETRIEVAL_DIRECTIONS
+from pemt_pipeline.evaluation.video import SKIPPED
 from pemt_pipeline.models.architecture import OPS
 
 
@@ -61,6 +62,8 @@ def _check_probe(probe: Any, root: str, keys: list[Any]) -> None:
 
 
 def _check_retrieval(retrieval: Any, root: str, keys: list[Any]) -> None:
+    if isinstance(retrieval, Mapping) and SKIPPED in retrieval:  # a model without a CPP head
+        return
     retrieval = _require(retrieval, RETRIEVAL_DIRECTIONS + ("cpp_balanced_accuracy",), root, keys)
     for direction in RETRIEVAL_DIRECTIONS:
         _require(retrieval[direction], ("recall@1", "recall@5", "recall@10", "chance_recall@1",

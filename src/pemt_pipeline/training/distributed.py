@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,13 +24,13 @@ from pemt_pipeline.models import TrainedModel, load_trained
 from pemt_pipeline.training.loop import RankContext, TrainInputs, run_training
 
 
-def _worker(inputs: TrainInputs) -> dict:
+def _worker(run: Callable[[Any, RankContext], dict], inputs: Any) -> dict:
     cfg = inputs.train
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
     dist.init_process_group(backend)
     try:
         ctx = RankContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-        return run_training(inputs, ctx)
+        return run(inputs, ctx)
     finally:
         dist.destroy_process_group()
 
@@ -36,15 +38,22 @@ def _worker(inputs: TrainInputs) -> dict:
 def train(inputs: TrainInputs) -> dict:
     """Run training in this process, or launch `nnodes x nproc_per_node` DDP workers and wait for them.
     Returns the summary of global rank 0 (on machines other than the first: of their first worker)."""
+    return launch(run_training, inputs)
+
+
+def launch(run: Callable[[Any, RankContext], dict], inputs: Any) -> dict:
+    """`run(inputs, ctx)` in this process (world size 1), or in `nnodes x nproc_per_node` DDP workers
+    (`inputs.train` holds the launch settings; `run` a module-level function, `inputs` picklable:
+    they are sent to the workers). Shared by pretraining and fine-tuning."""
     cfg = inputs.train
     if cfg.world_size == 1:
-        return run_training(inputs)
+        return run(inputs, RankContext())
     run_id = os.environ.get("PEMT_RUN_ID", f"pemt-{uuid.uuid4().hex[:8]}" if cfg.nnodes == 1 else "pemt")
     config = LaunchConfig(min_nodes=cfg.nnodes, max_nodes=cfg.nnodes, nproc_per_node=cfg.nproc_per_node,
                           run_id=run_id,
                           rdzv_backend="c10d", rdzv_endpoint=cfg.rdzv_endpoint, max_restarts=0, monitor_interval=0.5,
                           start_method="spawn")
-    results = elastic_launch(config, _worker)(inputs)
+    results = elastic_launch(config, _worker)(run, inputs)
     return results[min(results)]
 
 

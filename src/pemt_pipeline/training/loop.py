@@ -97,6 +97,7 @@ class TrainConfig:
     backend: str = "auto"
     progress: bool = True
 
+    SECTION = "training"  # the parameter section (named in resume messages)
     # fields that may change between a run and its resumption
     RUN_FIELDS = ("steps", "checkpoint_every", "log_every", "progress", "num_workers", "resume", "dvclive_dir",
                   "checkpoint_dir", "rdzv_endpoint", "device", "compile")
@@ -203,6 +204,14 @@ class PretrainingStep(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator):
         return self.objective(self.model, batch, generator)
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint holds of this module (`checkpoint`; `load_checkpoint_state` reads it back)."""
+        return {"model": self.model.state_dict(), "objective": self.objective.state_dict()}
+
+    def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.objective.load_state_dict(ckpt["objective"])
+
 
 @dataclass(frozen=True)
 class RankContext:
@@ -221,7 +230,9 @@ class RankContext:
 @dataclass
 class Trainer:
     """One run's working state: `build` makes it, `resume` may load a checkpoint into it and
-    `distribute` sets `ddp` and `forward`; `train_step` advances it, `checkpoint` saves it."""
+    `distribute` sets `ddp` and `forward`; `train_step` advances it, `checkpoint` saves it. Fine-tuning
+    (`pemt_pipeline.finetuning.train`) builds one too: its `inputs` has the same `train`, `model`,
+    `augment` and `fingerprint`, its step module the same forward and checkpoint_state methods."""
 
     inputs: TrainInputs
     ctx: RankContext
@@ -290,10 +301,9 @@ def _mean_logs(sums: dict[str, float], count: int, ctx: RankContext, device: tor
     return dict(zip(keys, values.tolist()))
 
 
-def build(inputs: TrainInputs, ctx: RankContext) -> Trainer:
-    """A fresh run: device, determinism and seed, then model + objective, AdamW with its schedule,
-    the training dataset, its batch sampler (this rank's slice) and loader."""
-    cfg = inputs.train
+def prepare_process(cfg: TrainConfig, ctx: RankContext) -> torch.device:
+    """This process's device (its rank's GPU under DDP), deterministic algorithms when asked, and the
+    global seed `cfg.seed`."""
     device = resolve_device(cfg.device)
     if device.type == "cuda" and ctx.world_size > 1:
         device = torch.device("cuda", ctx.local_rank)
@@ -301,6 +311,14 @@ def build(inputs: TrainInputs, ctx: RankContext) -> Trainer:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     torch.manual_seed(cfg.seed)
+    return device
+
+
+def build(inputs: TrainInputs, ctx: RankContext) -> Trainer:
+    """A fresh run: device, determinism and seed, then model + objective, AdamW with its schedule,
+    the training dataset, its batch sampler (this rank's slice) and loader."""
+    cfg = inputs.train
+    device = prepare_process(cfg, ctx)
     model = PEMTModel(inputs.model)
     step_module = PretrainingStep(model, PretrainingObjective(model, inputs.loss)).to(device)
     optimizer = torch.optim.AdamW(weight_decay_groups(step_module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
@@ -315,11 +333,12 @@ def build(inputs: TrainInputs, ctx: RankContext) -> Trainer:
 
 def _resume_blockers(ckpt: dict[str, Any], inputs: TrainInputs) -> list[str]:
     """Why the checkpoint `ckpt` cannot continue with `inputs` (empty: it can)."""
+    section = inputs.train.SECTION
     differ = [f"{key} ({was!r} in the checkpoint, {now!r} now)" for key, was, now in config_differences(
-        {"training": ckpt.get("config") or {}, "model": ckpt.get("model_config") or {}},
-        {"training": inputs.train.identity(), "model": inputs.model.to_dict()})]
+        {section: ckpt.get("config") or {}, "model": ckpt.get("model_config") or {}},
+        {section: inputs.train.identity(), "model": inputs.model.to_dict()})]
     if ckpt.get("data") != inputs.fingerprint:
-        differ.append("the training data (manifest, shard contents or negatives table)")
+        differ.append("the training data (manifest, shard contents, negatives table; fine-tuning: labels, model)")
     return differ
 
 
@@ -338,8 +357,7 @@ def resume(trainer: Trainer) -> None:
                            "written with", path, "; ".join(differ), kept, path)
         ckpt = None
     if ckpt is not None:
-        trainer.step_module.model.load_state_dict(ckpt["model"])
-        trainer.step_module.objective.load_state_dict(ckpt["objective"])
+        trainer.step_module.load_checkpoint_state(ckpt)
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         trainer.scheduler.load_state_dict(ckpt["scheduler"])
         trainer.sampler.load_state_dict(ckpt["sampler"])
@@ -432,7 +450,7 @@ def checkpoint(trainer: Trainer) -> None:
     if trainer.ctx.main:
         module = trainer.step_module
         save_checkpoint(trainer.last_path, {
-            "step": trainer.step, "model": module.model.state_dict(), "objective": module.objective.state_dict(),
+            "step": trainer.step, **module.checkpoint_state(),
             "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
             "sampler": trainer.sampler.state_dict(batches_done=trainer.micro_done % bpe), "rng": rng_state(),
             "config": trainer.cfg.identity(), "model_config": trainer.inputs.model.to_dict(),
@@ -442,14 +460,21 @@ def checkpoint(trainer: Trainer) -> None:
 def run_training(inputs: TrainInputs, ctx: RankContext | None = None) -> dict[str, Any]:
     """Train (resuming from `checkpoint_dir/last.pt` when allowed); returns the summary. Rank 0 writes
     the checkpoints, dvclive metrics and the final `last.pt`."""
-    ctx, cfg = ctx or RankContext(), inputs.train
+    return fit(build(inputs, ctx or RankContext()))
+
+
+def fit(trainer: Trainer, desc: str = "training") -> dict[str, Any]:
+    """`resume`, `distribute`, then `train_step` to `steps` with metric logs and checkpoints; the
+    summary. Shared by pretraining and fine-tuning (`pemt_pipeline.finetuning`), whose trainers differ
+    in their step module (forward(batch, generator) -> (loss, logs), checkpoint_state,
+    load_checkpoint_state), optimiser and data."""
+    ctx, cfg = trainer.ctx, trainer.cfg
     kill_step = kill_point(KILL_AFTER_CHECKPOINT)  # test-only (pemt_pipeline.kill_points)
-    trainer = build(inputs, ctx)
     resume(trainer)
     distribute(trainer)
     live = Live(dir=cfg.dvclive_dir, resume=trainer.resumed_from is not None, save_dvc_exp=False,
                 dvcyaml=None) if ctx.main else None
-    bar = tqdm(total=cfg.steps, initial=trainer.step, desc="training", unit="step",
+    bar = tqdm(total=cfg.steps, initial=trainer.step, desc=desc, unit="step",
                disable=not (cfg.progress and ctx.main))
     history: list[dict[str, float]] = []
     trainer.step_module.train()

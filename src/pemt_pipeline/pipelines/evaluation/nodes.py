@@ -26,15 +26,18 @@ def extract_features(trained: TrainedModel, manifest: pd.DataFrame, clip_shards:
 
 def probe_videos(features: dict[str, VideoFeatures], manifest: pd.DataFrame,
                  params: dict[str, Any]) -> dict[str, Any]:
-    """Linear probe per model and stream: top-1, top-5, per-class accuracy, confusion matrix."""
+    """Linear probe per model and stream: top-1, top-5, per-class accuracy, confusion matrix; on an
+    unlabelled collection ``{"skipped": why}`` (the retrieval still runs)."""
     return probe_report(features, manifest, VideoEvalConfig.from_dict(params),
-                        ProbeConfig.from_dict(params.get("probe")))
+                        ProbeConfig.from_dict(params.get("probe")), skip_unlabelled=True)
 
 
 def retrieve(trained: TrainedModel, features: dict[str, VideoFeatures], manifest: pd.DataFrame,
              params: dict[str, Any]) -> dict[str, Any]:
-    """Audio->video and video->audio retrieval on the held-out videos, ranked by the CPP head."""
-    return retrieval_report(trained, features["pretrained"], manifest, VideoEvalConfig.from_dict(params))
+    """Audio->video and video->audio retrieval on the held-out videos, ranked by the CPP head; for a
+    model without one ``{"skipped": why}`` (the probe still runs)."""
+    return retrieval_report(trained, features["pretrained"], manifest, VideoEvalConfig.from_dict(params),
+                            skip_without_head=True)
 
 
 def summarise(probe: dict[str, Any], retrieval: dict[str, Any]) -> dict[str, Any]:

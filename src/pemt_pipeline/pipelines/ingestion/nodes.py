@@ -13,9 +13,10 @@ from pemt_pipeline.media.shards import ShardStore
 
 
 def index_videos(source: VideoSource, params: dict[str, Any]) -> pd.DataFrame:
-    """List the folder's media files with their ids, labels and splits."""
+    """List the folder's media files with their ids, labels (from `ingestion.layout`) and splits."""
     cfg = IngestConfig.from_dict(params)
-    return build_index(source, cfg.extensions, cfg.test_fraction, cfg.split_seed, follow_symlinks=cfg.follow_symlinks)
+    return build_index(source, cfg.extensions, cfg.test_fraction, cfg.split_seed, follow_symlinks=cfg.follow_symlinks,
+                       layout=cfg.label_layout)
 
 
 def ingest_videos(
