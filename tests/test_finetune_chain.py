@@ -59,6 +59,13 @@ def test_finetune_reports_pretrained_beside_random_init(finetuned):
             assert (finetuned / f"data/08_reporting/dvclive/finetune/{protocol}/{init}/metrics.json").is_file()
 
 
+def test_the_report_gains_the_fine_tuning_section(finetuned):
+    report = (finetuned / "data/08_reporting/report.md").read_text()
+    assert "## Fine-tuning" in report and "figures/finetune.png" in report
+    assert "Fine-tuning (video): starting from data/06_models/pretrained_model.pt gives clip top-1" in report
+    assert "kedro run --pipelines pruning" in report  # the other sections' hints
+
+
 def test_finetuned_model_files_load_as_finetuned_and_as_plain_models(finetuned):
     for protocol in PROTOCOLS:
         path = finetuned / f"data/06_models/finetuned/{protocol}.pt"

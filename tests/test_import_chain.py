@@ -1,10 +1,12 @@
 """`kedro run --pipelines import_checkpoint` on the authors' fixture checkpoint, then the pipelines that
-read a model file run on the imported one (`--params model_file=...`): evaluation, pruning, embedding."""
+read a model file run on the imported one (`--params model_file=...`): evaluation, features, embedding,
+pruning, finetune, and predict on the fine-tuned imported model."""
 
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -69,6 +71,18 @@ def test_evaluation_embedding_and_pruning_run_on_the_imported_model(imported_pro
     [target] = results["targets"]
     assert 0 <= target["retrieval"]["cpp_auc"] <= 1  # the pruned model's CPP head, trained in the search
     assert "## Pruning" in (project / "data/08_reporting/report.md").read_text()
+
+
+def test_finetune_and_predict_run_on_the_imported_model(imported_project, monkeypatch):
+    project, _ = imported_project
+    monkeypatch.chdir(project)
+    run_kedro(project, ["finetune"], {"model_file": IMPORTED}, env="test", tags=["video"])
+    results = json.loads((project / "data/08_reporting/finetune_results.json").read_text())["video"]
+    assert results["model_source"] == IMPORTED and results["random_init"]["model_source"] == "random init"
+    assert 0 <= results["pretrained"]["video"]["top1"] <= 1
+    run_kedro(project, ["predict"], {"predict": {"source_dir": "data/01_raw/demo"}}, env="test")
+    predictions = pd.read_csv(project / "data/07_model_output/predict/predictions.csv")
+    assert len(predictions) == 8 and predictions["video_id"].is_unique
 
 
 def test_training_refuses_a_model_file_it_would_overwrite(imported_project, monkeypatch):

@@ -10,6 +10,7 @@ from kedro.pipeline import Pipeline
 from pemt_pipeline.pipelines import demo_data, embedding, evaluation, ingestion, negatives, pruning, report, training
 from pemt_pipeline.pipelines import features
 from pemt_pipeline.pipelines import import_checkpoint
+from pemt_pipeline.finetuning.config import ALL_PROTOCOLS
 from pemt_pipeline.pipelines import finetune, predict
 from pemt_pipeline.project_config import project_parameters
 
@@ -56,7 +57,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "report": report.create_pipeline(report_variants(run_parameters)),
         "features": features.create_pipeline(),
         "import_checkpoint": import_checkpoint.create_pipeline(),
-        "finetune": finetune.create_pipeline(),
+        "finetune": finetune.create_pipeline() + report.render_pipeline(tags=ALL_PROTOCOLS),
         "predict": predict.create_pipeline(),
     }
     on_demo = Pipeline(pipelines["ingestion"], inputs={"source_videos": "demo_videos"})

@@ -4,10 +4,12 @@ from pemt_pipeline.datasets.atomic_files import (AtomicCSVDataset, AtomicJSONDat
                                                  AtomicPartitionedDataset)
 from pemt_pipeline.datasets.feature_store import FeatureStoreDataset
 from pemt_pipeline.datasets.folder_store import ClipEmbeddingsDataset, ClipShardsDataset
-from pemt_pipeline.datasets.model_file import AuthorsCheckpointDataset, PEMTModelDataset, TrainingCheckpointDataset
+from pemt_pipeline.datasets.model_file import (AuthorsCheckpointDataset, PEMTModelDataset,
+                                               TrainingCheckpointDataset)
 from pemt_pipeline.datasets.report_files import OptionalJSONDataset, ReportDataset
 from pemt_pipeline.datasets.video_folder import VideoFolderDataset
 
-__all__ = ["AuthorsCheckpointDataset", "AtomicCSVDataset", "AtomicJSONDataset", "AtomicParquetDataset", "AtomicPartitionedDataset",
+__all__ = ["AuthorsCheckpointDataset", "AtomicCSVDataset", "AtomicJSONDataset", "AtomicParquetDataset",
+           "AtomicPartitionedDataset",
            "ClipEmbeddingsDataset", "ClipShardsDataset", "OptionalJSONDataset", "PEMTModelDataset",
            "ReportDataset", "TrainingCheckpointDataset", "VideoFolderDataset", "FeatureStoreDataset"]

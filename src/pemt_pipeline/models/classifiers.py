@@ -25,6 +25,7 @@ from torch import Tensor
 
 from pemt_pipeline.configs import above, at_least, between, from_params, one_of, require
 
+from .factorized import linear
 from .fusion import ModelOutput, PEMTModel, StreamOutput
 
 CLASSIFIER_KINDS = ("video", "visual_cnn")
@@ -66,21 +67,13 @@ class ClassifierConfig:
         return dataclasses.asdict(self)
 
 
-def _linear(d_in: int, d_out: int, init_std: float, bias: bool = True) -> nn.Linear:
-    layer = nn.Linear(d_in, d_out, bias=bias)
-    nn.init.normal_(layer.weight, std=init_std)
-    if bias:
-        nn.init.zeros_(layer.bias)
-    return layer
-
-
 class LinearClassifier(nn.Module):
     """Dropout + linear: x [..., d_in] -> logits [..., n_classes]."""
 
     def __init__(self, d_in: int, n_classes: int, dropout: float, init_std: float):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.linear = _linear(d_in, n_classes, init_std)
+        self.linear = linear(d_in, n_classes, init_std)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(self.dropout(x))
@@ -101,10 +94,10 @@ class SequenceClassifier(nn.Module):
     def __init__(self, hidden: int, n_classes: int, dropout: float, eps: float, init_std: float):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.visual = _linear(2 * hidden, hidden, init_std, bias=False)
-        self.audio = _linear(2 * hidden, hidden, init_std, bias=False)
+        self.visual = linear(2 * hidden, hidden, init_std, bias=False)
+        self.audio = linear(2 * hidden, hidden, init_std, bias=False)
         self.norm = nn.LayerNorm(hidden, eps=eps)
-        self.linear = _linear(hidden, n_classes, init_std)
+        self.linear = linear(hidden, n_classes, init_std)
 
     def forward(self, visual: StreamOutput, audio: StreamOutput) -> Tensor:
         def pair(s: StreamOutput) -> Tensor:  # [B, T, 2D]: the summary beside each clip output

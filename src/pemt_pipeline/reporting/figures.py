@@ -328,3 +328,23 @@ def search_figure(curves: Sequence[tuple[float, Sequence[float], Sequence[float]
         ax.legend()
         fig.tight_layout()
         return _png(fig)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+def finetune_figure(rows: Sequence[tuple[str, str, float | None, float | None]]) -> bytes:
+    """Top-1 per (protocol, initialisation): clip level (solid) and video level (hatched) bars."""
+    with _figure(max(6.0, 0.9 * len(rows) + 2.5), 3.6) as fig:
+        ax = fig.subplots()
+        x = np.arange(len(rows))
+        for j, (offset, kind) in enumerate(((-0.2, "clip level"), (0.2, "video level"))):
+            ys = [np.nan if r[2 + j] is None else 100 * r[2 + j] for r in rows]
+            ax.bar(x + offset, ys, 0.38, color=palette(2)[j], hatch=None if j == 0 else "//",
+                   edgecolor="white" if j == 0 else "black", lw=0.3, label=kind)
+        ax.set_xticks(x, [f"{protocol}\n{init}" for protocol, init, *_ in rows], fontsize=8)
+        ax.set_ylabel("top-1 (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title("Fine-tuning top-1 (pretrained vs random init)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        fig.tight_layout()
+        return _png(fig)

@@ -29,7 +29,8 @@ from . import figures as figs
 from .conclusion import RULES, draw_conclusion, unshared_reference
 from .document import Bullets, Code, Document, Figure, Heading, Paragraph, Table, render_html, \
     render_markdown
-from .schema import OPS, RETRIEVAL_DIRECTIONS, validate_fusion, validate_pruning
+from .finetune import finetune_conclusion, finetune_section
+from .schema import OPS, RETRIEVAL_DIRECTIONS, validate_finetune, validate_fusion, validate_pruning
 from .stats import (Stat, finite, fmt_int, fmt_num, fmt_pct, fmt_si, fmt_stat, ordered_streams,
                     probe_stat, recall_ks, retrieval_stat, run_stat)
 
@@ -39,6 +40,8 @@ SECTIONS = ("Setup", "Parameters", "Training curves", "Linear probe", "Retrieval
             "Pruning", "Conclusion")
 PRUNING_HINT = ("Pruning: not included in this report; ", Code("kedro run --pipelines pruning"),
                 " adds the pruning section.")
+FINETUNE_HINT = ("Fine-tuning: not included in this report; ", Code("kedro run --pipelines finetune"),
+                 " fine-tunes the model by the paper's protocols and adds the fine-tuning section.")
 FUSION_HINT = ("Fusion comparison: not included in this report yet; ", Code("kedro run --pipelines report"),
                " trains and compares the fusion and sharing variants, and joins this section to it.")
 COMPONENTS = ("visual_cnn", "audio_cnn", "projections", "embeddings", "transformer_visual",
@@ -400,17 +403,21 @@ def _pruning(doc: Document, pruning: Mapping, out: dict[str, bytes]) -> None:
 
 # ----------------------------------------------------------------------------- API
 
-def render_report(fusion: dict | None, pruning: dict | None = None, title: str = DEFAULT_TITLE) -> Report:
-    """Render the fusion-comparison report with the pruning section when `pruning` is given; with
-    `fusion` None (the report pipeline has not run yet), the pruning section alone.
+def render_report(fusion: dict | None, pruning: dict | None = None, title: str = DEFAULT_TITLE,
+                  finetune: dict | None = None) -> Report:
+    """Render the fusion-comparison report with the pruning and fine-tuning sections when `pruning` /
+    `finetune` are given; with `fusion` None (the report pipeline has not run yet), the others alone.
 
     Raises `ReportInputError` (a ValueError) naming the first missing required key."""
-    if fusion is None and pruning is None:
-        raise ValueError("nothing to report: run `kedro run --pipelines report` or `--pipelines pruning` first")
+    if fusion is None and pruning is None and not finetune:
+        raise ValueError("nothing to report: run `kedro run --pipelines report`, `--pipelines pruning` or "
+                         "`--pipelines finetune` first")
     if fusion is not None:
         validate_fusion(fusion)
     if pruning is not None:
         validate_pruning(pruning)
+    if finetune:
+        validate_finetune(finetune)
     doc = Document(str(title))
     out: dict[str, bytes] = {}
     if fusion is None:
@@ -426,7 +433,11 @@ def render_report(fusion: dict | None, pruning: dict | None = None, title: str =
         _pruning(doc, pruning, out)
     else:
         doc.add(Paragraph(*PRUNING_HINT))
-    conclusion = draw_conclusion(fusion, pruning)
+    if finetune:
+        finetune_section(doc, finetune, out)
+    else:
+        doc.add(Paragraph(*FINETUNE_HINT))
+    conclusion = draw_conclusion(fusion, pruning) + (finetune_conclusion(finetune) if finetune else [])
     doc.add(Heading("Conclusion"), Bullets(conclusion), Paragraph(RULES))
     return Report(html=render_html(doc), markdown=render_markdown(doc, FIGURE_DIR), figures=out,
                   conclusion=conclusion)

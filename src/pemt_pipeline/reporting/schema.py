@@ -132,3 +132,27 @@ def validate_pruning(pruning: Any, root: str = "pruning_results") -> None:
         for j, row in enumerate(_need_list(target["search_history"], root,
                                            at + ["search_history"])):
             _require(row, ("step", "flops"), root, at + ["search_history", j])
+
+
+FINETUNE_INITS = ("pretrained", "random_init")
+
+
+def validate_finetune(finetune: Any, root: str = "finetune_results") -> None:
+    """Raise ReportInputError naming the first missing required key of `finetune` (per protocol:
+    the video / visual_cnn results of `pemt_pipeline.finetuning`, or audio_linear_kfold's)."""
+    for protocol, results in _need_mapping(finetune, root, []).items():
+        if protocol == "audio_linear_kfold":
+            models = _require(results, ("folds", "models"), root, [protocol])["models"]
+            for init, streams in _require(models, ("pretrained",), root, [protocol, "models"]).items():
+                for stream, levels in _need_mapping(streams, root, [protocol, "models", init]).items():
+                    for level in ("clip", "file"):
+                        _require(_require(levels, (level,), root, [protocol, "models", init, stream])[level],
+                                 ("top1", "top1_std"), root, [protocol, "models", init, stream, level])
+            continue
+        results = _require(results, ("protocol", "model_source", "pretrained", "test_crops"), root, [protocol])
+        for init in FINETUNE_INITS:
+            if init in results:
+                run = _require(results[init], ("model_source", "clip", "video", "training"), root, [protocol, init])
+                for level in ("clip", "video"):
+                    _require(run[level], ("top1", "top_k", "n"), root, [protocol, init, level])
+                _require(run["training"], ("history",), root, [protocol, init, "training"])

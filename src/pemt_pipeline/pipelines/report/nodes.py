@@ -39,7 +39,8 @@ def collect_results(manifest: pd.DataFrame, report: dict[str, Any], training: di
     return comparison.collect_results(manifest, report, training, evaluation, **variants)
 
 
-def render(fusion_results: dict[str, Any] | None, pruning_results: dict[str, Any] | None) -> Report:
-    """The fusion comparison and the pruning section, each when its results exist (None: its
-    pipeline has not run yet)."""
-    return render_report(fusion_results, pruning_results)
+def render(fusion_results: dict[str, Any] | None, pruning_results: dict[str, Any] | None,
+           finetune_results: dict[str, Any] | None) -> Report:
+    """The fusion comparison, the pruning and the fine-tuning sections, each when its results exist
+    (None: its pipeline has not run yet)."""
+    return render_report(fusion_results, pruning_results, finetune=finetune_results)

@@ -54,8 +54,9 @@ def create_pipeline(variants: Iterable[str] = (), **kwargs) -> Pipeline:
     return Pipeline([*(variant_pipeline(n) for n in names), collect, render_pipeline()])
 
 
-def render_pipeline() -> Pipeline:
-    """Rendering alone: the fusion comparison with the pruning section when each exists (the
-    pruning pipeline ends with it too, so its section appears right after `make demo`)."""
-    return Pipeline([Node(render, inputs=["fusion_results", "pruning_results"], outputs="report",
-                          name="render_report")])
+def render_pipeline(tags: tuple[str, ...] = ()) -> Pipeline:
+    """Rendering alone: the fusion comparison with the pruning and fine-tuning sections when each
+    exists (the pruning and finetune pipelines end with it too, so their sections appear right after
+    they run; `tags`: those of the pipeline it ends, so that `--tags` keeps it)."""
+    return Pipeline([Node(render, inputs=["fusion_results", "pruning_results", "finetune_results"], outputs="report",
+                          name="render_report", tags=list(tags))])
