@@ -11,10 +11,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pemt_pipeline.configs import (DEVICE, NON_EMPTY, above, at_least, between, each, from_params, optional,
-                                   require)
+from pemt_pipeline.configs import (DEVICE, NON_EMPTY, above, at_least, between, each, from_params, one_of,
+                                   optional, require)
 from pemt_pipeline.evaluation.audio import AudioFolderConfig
 from pemt_pipeline.evaluation.probe import ProbeConfig
+from pemt_pipeline.training.loop import BACKENDS, RDZV_ENDPOINT, LoopSettings
 
 PROTOCOLS = ("video", "visual_cnn")  # fine-tuned here; audio_linear_kfold is evaluation.audio.audio_kfold
 ALL_PROTOCOLS = (*PROTOCOLS, "audio_linear_kfold")
@@ -118,8 +119,7 @@ class FinetuneConfig:
         require("finetune", self, model_file=NON_EMPTY, train_splits=each(NON_EMPTY), test_splits=each(NON_EMPTY),
                 baseline_seed=at_least(0), top_k=one, device=DEVICE, num_workers=at_least(0),
                 checkpoint_dir=NON_EMPTY, dvclive_dir=NON_EMPTY, nproc_per_node=one, nnodes=one,
-                backend=(lambda v: v in ("auto", "nccl", "gloo"), "one of ['auto', 'nccl', 'gloo']"),
-                rdzv_endpoint=(lambda v: v.rpartition(":")[0] != "" and v.rpartition(":")[2].isdigit(), "host:port"))
+                backend=one_of(BACKENDS), rdzv_endpoint=RDZV_ENDPOINT)
         for p in PROTOCOLS:
             getattr(self, p).check(f"finetune.{p}")
         if self.visual_cnn.batch_size < 2 * self.world_size:  # one clip per video: BatchNorm needs 2 per process
@@ -137,7 +137,7 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneRun:
+class FinetuneRun(LoopSettings):
     """One fine-tuning run (a protocol from one initialisation), flat: what the shared training loop
     (`pemt_pipeline.training.loop.fit`) reads as its config."""
 
@@ -173,9 +173,6 @@ class FinetuneRun:
     backend: str
 
     SECTION = "finetune"
-    # fields that may change between a run and its resumption
-    RUN_FIELDS = ("steps", "checkpoint_every", "log_every", "progress", "num_workers", "resume", "dvclive_dir",
-                  "checkpoint_dir", "rdzv_endpoint", "device", "compile")
 
     @classmethod
     def of(cls, cfg: FinetuneConfig, protocol: str, init: str) -> FinetuneRun:
@@ -190,11 +187,3 @@ class FinetuneRun:
         shared.update(checkpoint_dir=f"{cfg.checkpoint_dir}/{protocol}/{init}",
                       dvclive_dir=f"{cfg.dvclive_dir}/{protocol}/{init}")
         return cls(protocol=protocol, init=init, **block, **shared)
-
-    @property
-    def world_size(self) -> int:
-        return self.nproc_per_node * self.nnodes
-
-    def identity(self) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumed."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_FIELDS}

@@ -19,7 +19,6 @@ and the authors' 3-crop test.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from pemt_pipeline.features.dataset import (SHARD_TENSORS, AugmentConfig, ShardC
                                             make_generator)
 from pemt_pipeline.features.transforms import center_crop_box
 from pemt_pipeline.media.shards import ShardReader
+from pemt_pipeline.training.loop import videos_fingerprint
 
 
 def class_indices(labels: pd.Series, classes: list[str]) -> np.ndarray:
@@ -51,13 +51,8 @@ def training_classes(manifest: pd.DataFrame) -> list[str]:
 def labelled_fingerprint(manifest: pd.DataFrame, labels: np.ndarray, *extra: str) -> str:
     """A hash of the training videos (ids, content, clips), their labels and `extra` strings (the
     source model's hash, ...): resuming a fine-tuning needs the same."""
-    digest = hashlib.sha256()
-    columns = [c for c in ("video_id", "content_hash", "n_clips", "params_hash") if c in manifest]
-    digest.update(pd.util.hash_pandas_object(manifest[columns], index=False).to_numpy().tobytes())
-    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    for item in extra:
-        digest.update(item.encode())
-    return digest.hexdigest()[:16]
+    return videos_fingerprint(manifest, np.ascontiguousarray(labels, dtype=np.int64).tobytes(),
+                              *(item.encode() for item in extra))
 
 
 def crop_offsets(height: int, width: int, crop: int, n_crops: int) -> list[tuple[int, int]]:

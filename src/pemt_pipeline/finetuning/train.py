@@ -79,12 +79,26 @@ def finetune_inputs(run: FinetuneRun, manifest: pd.DataFrame, labels: np.ndarray
                           labelled_fingerprint(manifest, labels, origin, *classes))
 
 
-class VideoStep(nn.Module):
-    """The `video` protocol: model + VideoClassifier; forward(batch, generator) -> (loss, logs)."""
+class ClassifierStep(nn.Module):
+    """A model and its new head: the step module the shared loop trains (forward(batch, generator) ->
+    (loss, logs)) and checkpoints (with the head's configuration, so a checkpoint alone rebuilds the
+    fine-tuned model: `finetuned_from_checkpoint`)."""
 
     def __init__(self, model: PEMTModel, classifier: nn.Module):
         super().__init__()
         self.model, self.classifier = model, classifier
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "classifier": self.classifier.state_dict(),
+                "classifier_config": self.classifier.cfg.to_dict()}
+
+    def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.classifier.load_state_dict(ckpt["classifier"])
+
+
+class VideoStep(ClassifierStep):
+    """The `video` protocol: model + VideoClassifier."""
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None):
         mask = batch["clip_mask"]  # [B, T]
@@ -100,19 +114,9 @@ class VideoStep(nn.Module):
                 "clip_top1": float(top1)}
         return total, logs
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        return checkpoint_state(self)
 
-    def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
-        load_checkpoint_state(self, ckpt)
-
-
-class VisualCNNStep(nn.Module):
+class VisualCNNStep(ClassifierStep):
     """The `visual_cnn` protocol: the visual CNN + VisualCNNClassifier on single clips."""
-
-    def __init__(self, model: PEMTModel, classifier: nn.Module):
-        super().__init__()
-        self.model, self.classifier = model, classifier
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None):
         logits = self.classifier(self.model.visual_cnn(batch["video"])).float()  # [B, C]
@@ -120,26 +124,8 @@ class VisualCNNStep(nn.Module):
         top1 = (logits.detach().argmax(-1) == batch["label"]).float().mean()
         return loss, {"total": float(loss.detach()), "clip_top1": float(top1)}
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        return checkpoint_state(self)
-
-    def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
-        load_checkpoint_state(self, ckpt)
-
 
 STEPS = {"video": VideoStep, "visual_cnn": VisualCNNStep}
-
-
-def checkpoint_state(step: VideoStep | VisualCNNStep) -> dict[str, Any]:
-    """The model and its head, as a checkpoint holds them (with the head's configuration, so the
-    checkpoint alone rebuilds the fine-tuned model: `finetuned_from_checkpoint`)."""
-    return {"model": step.model.state_dict(), "classifier": step.classifier.state_dict(),
-            "classifier_config": step.classifier.cfg.to_dict()}
-
-
-def load_checkpoint_state(step: VideoStep | VisualCNNStep, ckpt: dict[str, Any]) -> None:
-    step.model.load_state_dict(ckpt["model"])
-    step.classifier.load_state_dict(ckpt["classifier"])
 
 
 def initial_model(inputs: FinetuneInputs) -> PEMTModel:
@@ -159,7 +145,7 @@ def freeze_unused(model: PEMTModel, protocol: str) -> None:
         model.mask_token.requires_grad_(False)
 
 
-def param_groups(step: VideoStep | VisualCNNStep, cfg: FinetuneRun) -> list[dict[str, Any]]:
+def param_groups(step: ClassifierStep, cfg: FinetuneRun) -> list[dict[str, Any]]:
     """Adam groups: the model's trained parameters at finetune_lr, the head's at head_lr, each split
     into decayed (weight matrices) and not decayed (`weight_decay_groups`); empty groups dropped."""
     groups = []

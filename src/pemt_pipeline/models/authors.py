@@ -27,7 +27,7 @@ from torch import Tensor
 
 from pemt_pipeline.configs import at_least, from_params, require
 
-from .config import AudioCNNConfig, ModelConfig, VisualCNNConfig
+from .config import RELEASED_CNN_OPTIONS, AudioCNNConfig, ModelConfig, VisualCNNConfig
 from .files import random_model
 from .fusion import PEMTModel
 
@@ -113,12 +113,15 @@ def checkpoint_model_config(ckpt: AuthorsCheckpoint, base: ModelConfig,
     a_depths = tuple(_blocks(t, f"audio_conv.s{s}.res") for s in range(2, 6))
     if 0 in v_depths or 0 in a_depths:
         raise CheckpointFormatError(f"{ckpt.source!r}: a CNN stage has no blocks (visual {v_depths}, audio {a_depths})")
+    released = RELEASED_CNN_OPTIONS  # the options the shapes do not show; stem kernel and stages they do
     visual = VisualCNNConfig(
-        width=stem_v[0], depths=v_depths, in_channels=stem_v[1], stem_temporal_kernel=stem_v[2], stem_temporal_stride=2,
+        width=stem_v[0], depths=v_depths, in_channels=stem_v[1], stem_temporal_kernel=stem_v[2],
+        stem_temporal_stride=released["visual"]["stem_temporal_stride"],
         temporal_kernels=tuple(_shape(ckpt, f"visual_conv.s{s}.pathway0_res0.branch2.a.weight")[2]
                                for s in range(2, 6)))
     audio = AudioCNNConfig(
-        width=stem_a[0], depths=a_depths, stem_kernel=stem_a[2], separable_inner_norm=True,
+        width=stem_a[0], depths=a_depths, stem_kernel=stem_a[2],
+        separable_inner_norm=released["audio"]["separable_inner_norm"],
         strides=tuple(aud.get("STRIDES") or base.audio.strides),
         separable_stages=tuple(f"audio_conv.s{s}.res0.branch2.b1.weight" in t for s in range(2, 6)))
     groups = sorted({int(m.group(1)) for k in t if (m := re.search(r"\.ms(\d+)_linear\.weight$", k))})

@@ -12,6 +12,11 @@ from typing import Any
 from pemt_pipeline.configs import above, at_least, between, each, from_params, one_of, require
 
 FUSIONS = ("early", "mid", "late")
+# The CNN options where the authors' released code differs from the project's defaults
+# (../shared/fixtures/avbert_small/README.md section 6); conf/paper sets them.
+RELEASED_CNN_OPTIONS = {"visual": {"stem_temporal_stride": 2},
+                        "audio": {"stem_kernel": 9, "separable_inner_norm": True,
+                                  "separable_stages": (True, True, False, False)}}
 TRANSFORMER_SHARING = ("none", "full", "lowrank")
 ORTHOGONAL_MAPS = ("matrix_exp", "cayley", "householder")
 

@@ -13,14 +13,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .cnn import audio_resnet, visual_resnet
-from .config import FUSIONS, ModelConfig
+from .config import FUSIONS, RELEASED_CNN_OPTIONS, ModelConfig
 from .fusion import PEMTModel, numel
-
-# The CNN options where the authors' released code differs from the project's defaults
-# (../shared/fixtures/avbert_small/README.md section 6).
-RELEASED_CNN_OPTIONS = {"visual": {"stem_temporal_stride": 2},
-                        "audio": {"stem_kernel": 9, "separable_inner_norm": True,
-                                  "separable_stages": (True, True, False, False)}}
 
 # (share_layers, share_transformers); the first is the unshared reference
 SHARING_VARIANTS = ((False, "none"), (True, "none"), (False, "full"), (True, "full"),

@@ -64,8 +64,29 @@ logger = logging.getLogger(__name__)
 
 
 
+BACKENDS = ("auto", "nccl", "gloo")
+RDZV_ENDPOINT = ((lambda v: v.rpartition(":")[0] != "" and v.rpartition(":")[2].isdigit()), "host:port")
+
+
+class LoopSettings:
+    """What the shared loop (`fit`) and launcher read of a run's config dataclass besides its fields
+    (pretraining's TrainConfig, fine-tuning's FinetuneRun): the world size and the resume identity."""
+
+    # fields that may change between a run and its resumption
+    RUN_FIELDS = ("steps", "checkpoint_every", "log_every", "progress", "num_workers", "resume", "dvclive_dir",
+                  "checkpoint_dir", "rdzv_endpoint", "device", "compile")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_FIELDS}
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(LoopSettings):
     """Training parameters (``training:`` in conf/base/parameters_training.yml documents each; the
     defaults here are the same values, tests/training/test_training_loop.py checks that)."""
 
@@ -98,9 +119,6 @@ class TrainConfig:
     progress: bool = True
 
     SECTION = "training"  # the parameter section (named in resume messages)
-    # fields that may change between a run and its resumption
-    RUN_FIELDS = ("steps", "checkpoint_every", "log_every", "progress", "num_workers", "resume", "dvclive_dir",
-                  "checkpoint_dir", "rdzv_endpoint", "device", "compile")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,17 +133,8 @@ class TrainConfig:
                 nproc_per_node=one, nnodes=one, batches_per_epoch=optional(one), lr=above(0),
                 weight_decay=at_least(0), warmup_steps=at_least(0), min_lr_ratio=between(0, 1),
                 clip_grad_norm=above(0), seed=at_least(0), splits=each(NON_EMPTY), negatives=one_of(BATCH_VARIANTS),
-                device=DEVICE, num_workers=at_least(0), backend=one_of(("auto", "nccl", "gloo")),
-                rdzv_endpoint=(lambda v: v.rpartition(":")[0] != "" and v.rpartition(":")[2].isdigit(), "host:port"),
+                device=DEVICE, num_workers=at_least(0), backend=one_of(BACKENDS), rdzv_endpoint=RDZV_ENDPOINT,
                 checkpoint_dir=NON_EMPTY, dvclive_dir=NON_EMPTY)
-
-    @property
-    def world_size(self) -> int:
-        return self.nproc_per_node * self.nnodes
-
-    def identity(self) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumed."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_FIELDS}
 
 
 def training_configs(params: Mapping[str, Any] | None) -> tuple[TrainConfig, LossConfig, AugmentConfig]:
@@ -176,14 +185,21 @@ def prepare_inputs(manifest: pd.DataFrame, clips: pd.DataFrame, negatives: pd.Da
     return TrainInputs(subset, table, clip_video_index, data_fingerprint(subset, table), model, loss, augment, train)
 
 
-def data_fingerprint(manifest: pd.DataFrame, negatives: pd.DataFrame) -> str:
-    """A hash of what the training sees: its videos (ids, content hashes, clips) and the negative table."""
+def videos_fingerprint(manifest: pd.DataFrame, *parts: bytes) -> str:
+    """A hash of a run's videos (ids, content hashes, clips, ingestion parameters) and `parts`: what a
+    checkpoint must have been trained on to be resumed."""
     digest = hashlib.sha256()
     columns = [c for c in ("video_id", "content_hash", "n_clips", "params_hash") if c in manifest]
     digest.update(pd.util.hash_pandas_object(manifest[columns], index=False).to_numpy().tobytes())
-    digest.update(pd.util.hash_pandas_object(negatives[["anchor", "candidate", "probability"]], index=False)
-                  .to_numpy().tobytes())
+    for part in parts:
+        digest.update(part)
     return digest.hexdigest()[:16]
+
+
+def data_fingerprint(manifest: pd.DataFrame, negatives: pd.DataFrame) -> str:
+    """A hash of what the training sees: its videos and the negative table."""
+    return videos_fingerprint(manifest, pd.util.hash_pandas_object(negatives[["anchor", "candidate", "probability"]],
+                                                                   index=False).to_numpy().tobytes())
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
