@@ -16,7 +16,31 @@ from pemt_pipeline.models.authors import AuthorsCheckpoint, parse_checkpoint
 from pemt_pipeline.training.checkpoint import load_checkpoint
 
 
-class PEMTModelDataset(AbstractDataset[TrainedModel, TrainedModel]):
+class ModelFileDataset(AbstractDataset):
+    """One local torch file (`filepath`) that a pipeline writes: `PRODUCER` names it in the error a
+    load of a missing file raises."""
+
+    PRODUCER = "training"
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def _existing(self) -> Path:
+        """The file; a DatasetError naming the pipeline to run when it does not exist."""
+        if not self._filepath.is_file():
+            raise DatasetError(f"{str(self._filepath)!r} does not exist: run `kedro run --pipelines {self.PRODUCER}` "
+                               "first")
+        return self._filepath
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class PEMTModelDataset(ModelFileDataset):
     """A model file, pruned model file or training checkpoint (`pemt_pipeline.models.files`): loads
     as a `TrainedModel` (model in eval mode, ``torch.load(weights_only=True)``); saves a model file
     atomically (a pruned model with its architecture).
@@ -25,23 +49,11 @@ class PEMTModelDataset(AbstractDataset[TrainedModel, TrainedModel]):
         filepath: the .pt file.
     """
 
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
-        self._filepath = Path(filepath)
-        self.metadata = metadata
-
     def load(self) -> TrainedModel:
-        if not self._filepath.is_file():
-            raise DatasetError(f"{str(self._filepath)!r} does not exist: run `kedro run --pipelines training` first")
-        return load_trained(self._filepath)
+        return load_trained(self._existing())
 
     def save(self, data: TrainedModel) -> None:
         save_trained(data, self._filepath)
-
-    def _exists(self) -> bool:
-        return self._filepath.is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
 
 
 @dataclass
@@ -61,7 +73,7 @@ class TrainingCheckpoint:
         return load_checkpoint(self.path)
 
 
-class TrainingCheckpointDataset(AbstractDataset[str, TrainingCheckpoint]):
+class TrainingCheckpointDataset(ModelFileDataset):
     """The training checkpoint (`pemt_pipeline.training.checkpoint`): the training loop writes it
     itself while it runs (atomically, to resume after a kill), so saving only checks that the path
     handed over is this file; loading gives a `TrainingCheckpoint` (read, weights_only, on first use).
@@ -70,14 +82,8 @@ class TrainingCheckpointDataset(AbstractDataset[str, TrainingCheckpoint]):
         filepath: the checkpoint file (`<training.checkpoint_dir>/last.pt`).
     """
 
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
-        self._filepath = Path(filepath)
-        self.metadata = metadata
-
     def load(self) -> TrainingCheckpoint:
-        if not self._filepath.is_file():
-            raise DatasetError(f"{str(self._filepath)!r} does not exist: run `kedro run --pipelines training` first")
-        return TrainingCheckpoint(self._filepath)
+        return TrainingCheckpoint(self._existing())
 
     def save(self, data: str | Path) -> None:
         if Path(data).resolve() != self._filepath.resolve():
@@ -85,12 +91,6 @@ class TrainingCheckpointDataset(AbstractDataset[str, TrainingCheckpoint]):
                                f"{str(self._filepath)!r}: training.checkpoint_dir and the catalog disagree")
         if not self._filepath.is_file():
             raise DatasetError(f"training reported the checkpoint {str(data)!r}, which does not exist")
-
-    def _exists(self) -> bool:
-        return self._filepath.is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
 
 
 @dataclass
