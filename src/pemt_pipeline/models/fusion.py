@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from .cnn import audio_resnet, visual_resnet
 from .config import ModelConfig
-from .transformer import build_transformers
+from .transformer import build_transformers, can_run_jointly, run_jointly
 
 MODALITIES = ("visual", "audio")
 
@@ -74,6 +74,11 @@ class PEMTModel(nn.Module):
     # its base model (models/streams.py); tests/pruning/test_pruning_streams.py checks that they
     # cover the whole model.
     PARTS = ("visual_cnn", "audio_cnn", "projections", "bos", "mask_token", "embeddings")
+    # Run the visual and audio Transformers depth by depth together where their layers allow it
+    # (low-rank layers sharing U, or one shared layer: transformer.can_run_jointly), so every product
+    # with a shared weight covers both modalities' tokens. False: one after the other, the order in
+    # which their dropout masks used to be drawn (the values agree within float rounding otherwise).
+    joint_streams = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -124,11 +129,17 @@ class PEMTModel(nn.Module):
                   "audio": self._tokens("audio", audio, audio_mep_mask)}  # [B, 1+T, D]
         out: dict[str, StreamOutput] = {}
         with parametrize.cached():  # compute each orthogonal Sigma once per forward
-            for m in MODALITIES:
-                if m in self.transformers:
+            names = [m for m in MODALITIES if m in self.transformers]
+            stacks = [self.transformers[m] for m in names]
+            if self.joint_streams and can_run_jointly(stacks):
+                xs = [self.embeddings[m]([tokens[m]]) for m in names]
+                ys = run_jointly(stacks, xs, [masks[m] if padded else None for m in names])
+                tokens.update(zip(names, ys))
+            else:
+                for m in names:
                     x = self.embeddings[m]([tokens[m]])
                     tokens[m] = self.transformers[m](x, masks[m] if padded else None)
-                    out[m] = _stream(tokens[m], masks[m])
+            out.update({m: _stream(tokens[m], masks[m]) for m in names})
             if "multimodal" in self.transformers:
                 mask = torch.cat([masks["visual"], masks["audio"]], dim=1)
                 x = self.embeddings["multimodal"]([tokens["visual"], tokens["audio"]])

@@ -27,7 +27,8 @@ from . import linears
 from .architecture import KERNEL, Architecture, validate_architecture
 from .config import ModelConfig
 from .factorized import FactorizedLinear
-from .streams import StreamModel, StreamTransformer, fresh_model, segment_conv1d, self_attention
+from .streams import StreamModel, StreamTransformer, fresh_model, segment_conv1d
+from .transformer import self_attention
 
 
 class Attention(nn.Module):

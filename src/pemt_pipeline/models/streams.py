@@ -103,13 +103,3 @@ def segment_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, segments: tup
     parts = x.split(list(segments), dim=1)
     return torch.cat([F.conv1d(p.transpose(1, 2), weight, bias, padding=pad, groups=groups)
                       .transpose(1, 2) for p in parts], dim=1)
-
-
-def self_attention(q: nn.Module, k: nn.Module, v: nn.Module, o: nn.Module, n_heads: int, x: Tensor,
-                   attn_mask: Tensor | None, dropout_p: float) -> Tensor:
-    """TransformerLayer's attention branch (the same ops, so the same numbers): x [B, L, D],
-    attn_mask [B, 1, 1, L] bool (True = key may be attended to) -> [B, L, D]."""
-    B, L, D = x.shape
-    qkv = (lin(x).view(B, L, n_heads, -1).transpose(1, 2) for lin in (q, k, v))  # [B, H, L, D/H]
-    a = F.scaled_dot_product_attention(*qkv, attn_mask=attn_mask, dropout_p=dropout_p)
-    return o(a.transpose(1, 2).reshape(B, L, D))

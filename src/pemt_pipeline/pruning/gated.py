@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pemt_pipeline.models import KERNEL, Architecture, PEMTModel, linears, validate_architecture
-from pemt_pipeline.models.streams import StreamModel, StreamTransformer, self_attention
+from pemt_pipeline.models.streams import StreamModel, StreamTransformer
+from pemt_pipeline.models.transformer import self_attention
 
 from .spconv import gated_conv, head_weights
 
