@@ -22,7 +22,7 @@ from pemt_pipeline.features.store import ClipEmbeddings, EmbeddingWriter
 from pemt_pipeline.features.transforms import VIDEO_MEAN, VIDEO_STD, audio_clips, center_crop_clips, normalize
 from pemt_pipeline.media.shards import ShardReader
 from pemt_pipeline.devices import resolve_device
-from pemt_pipeline.models import ModelConfig, load_model, random_model
+from pemt_pipeline.models import ModelConfig, PEMTModel, load_model, random_model
 
 CLIP_COLUMNS = ("clip_id", "video_id", "clip_index", "clip_start", "label", "split")
 
@@ -85,8 +85,11 @@ def _batches(manifest: pd.DataFrame, cfg: EmbedConfig, decode_device: torch.devi
         yield torch.cat(videos), torch.cat(audios)
 
 
-def embed_clips(manifest: pd.DataFrame, model_cfg: ModelConfig, cfg: EmbedConfig) -> ClipEmbeddings:
-    """Embed every real clip listed by `manifest` (ingestion's) into the store at cfg.output_dir."""
+def embed_clips(manifest: pd.DataFrame, model_cfg: ModelConfig, cfg: EmbedConfig,
+                model: PEMTModel | None = None) -> ClipEmbeddings:
+    """Embed every real clip listed by `manifest` (ingestion's) into the store at cfg.output_dir.
+    `model`: the model whose CNNs embed (eval mode, on cfg.device; training's negative refresh passes
+    the model being trained); default cfg.checkpoint's, or a random one from cfg.seed."""
     if manifest.empty:
         raise ValueError("the manifest lists no video: run ingestion on a folder with usable videos first")
     missing = [p for p in manifest["shard_path"] if not Path(p).is_file()]
@@ -94,8 +97,9 @@ def embed_clips(manifest: pd.DataFrame, model_cfg: ModelConfig, cfg: EmbedConfig
         raise FileNotFoundError(f"{len(missing)} shard(s) of the manifest are missing, e.g. {missing[0]!r}: "
                                 "run the ingestion pipeline again")
     device = resolve_device(cfg.device)
-    model = (random_model(model_cfg, cfg.seed) if cfg.checkpoint is None
-             else load_model(cfg.checkpoint, model_cfg)).to(device)
+    if model is None:
+        model = random_model(model_cfg, cfg.seed) if cfg.checkpoint is None else load_model(cfg.checkpoint, model_cfg)
+    model = model.to(device)
     clips = clip_table(manifest)
     dims = {"visual": model.visual_cnn.out_dim, "audio": model.audio_cnn.out_dim}
     writer = EmbeddingWriter(cfg.output_dir, len(clips), dims)

@@ -33,6 +33,8 @@ class VideoBatchSampler(Sampler[list[int]]):
     [rank * b, (rank + 1) * b), b = batch_size // world_size.
     Resume: `state_dict()` holds (epoch, batches done in it); after `load_state_dict` the next
     iteration continues with the remaining batches of that epoch.
+    Refreshed negatives (content): `replace_negatives` draws the rest of the epoch from a new
+    negative sampler; the state then holds that sampler's start and the batch it took over at.
     """
 
     def __init__(self, n_videos: int, batch_size: int, variant: str = "random",
@@ -55,6 +57,7 @@ class VideoBatchSampler(Sampler[list[int]]):
         self.position = 0  # batches of this epoch yielded so far
         self._start = 0  # where the next iteration starts (set by load_state_dict)
         self._sampler_state = None  # negative sampler state at this epoch's start (content)
+        self._origin = 0  # content: the batch of this epoch from which `_sampler_state` draws (a refresh's)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -63,11 +66,20 @@ class VideoBatchSampler(Sampler[list[int]]):
         """Select the epoch: a new one starts at its first batch, the same one keeps its resume
         point (so load_state_dict then set_epoch(state["epoch"]) resumes)."""
         if epoch != self.epoch:
-            self.epoch, self.position, self._start, self._sampler_state = epoch, 0, 0, None
+            self.epoch, self.position, self._start, self._sampler_state, self._origin = epoch, 0, 0, None, 0
+
+    def replace_negatives(self, negative_sampler, batches_done: int) -> None:
+        """Content variant: this epoch's batches from `batches_done` on come from `negative_sampler`
+        (from its current state), the next iteration starting there, exactly as after a resume."""
+        if self.variant != "content":
+            raise ValueError("replace_negatives needs the content variant")
+        self.negative_sampler = negative_sampler
+        self._origin = self.position = self._start = batches_done
+        self._sampler_state = copy.deepcopy(negative_sampler.state_dict())
 
     def __iter__(self):
         start, self._start = self._start, 0
-        for k, batch in enumerate(self._global_batches()):
+        for k, batch in enumerate(self._global_batches(), start=self._origin):
             if k >= start:
                 self.position = k + 1
                 yield batch[self.rank * self.local_size:(self.rank + 1) * self.local_size].tolist()
@@ -79,7 +91,7 @@ class VideoBatchSampler(Sampler[list[int]]):
                 self._sampler_state = copy.deepcopy(self.negative_sampler.state_dict())
             else:  # replay this epoch from its start
                 self.negative_sampler.load_state_dict(copy.deepcopy(self._sampler_state))
-            for _ in range(self.batches_per_epoch):
+            for _ in range(self._origin, self.batches_per_epoch):
                 yield np.asarray(self.negative_sampler.video_batch(self.batch_size), dtype=np.int64)
             return
         g = make_generator(self.seed, self.epoch)
@@ -97,9 +109,12 @@ class VideoBatchSampler(Sampler[list[int]]):
             if self._sampler_state is None:  # the epoch has not started: its start is now
                 self._sampler_state = copy.deepcopy(self.negative_sampler.state_dict())
             state["negative_sampler"] = copy.deepcopy(self._sampler_state)
+            if self._origin:
+                state["origin"] = self._origin
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.position = state["epoch"], state["position"]
         self._start = state["position"]
         self._sampler_state = copy.deepcopy(state.get("negative_sampler"))
+        self._origin = int(state.get("origin", 0))

@@ -8,7 +8,8 @@ checkpoint continues exactly as the uninterrupted run would (on CPU with determi
 `run_training` in pieces: `build` (a `Trainer`: model, objective, optimiser, schedule, data) ->
 `resume` (from checkpoint_dir/last.pt when it matches) -> `distribute` (DDP, torch.compile) ->
 `train_step` until `steps`, with `log_metrics` every `log_every` and `checkpoint` every
-`checkpoint_every` steps (and both at the end).
+`checkpoint_every` steps (and both at the end), and, every `refresh_negatives_every` steps,
+`refresh_negatives` (the negative table from the current CNNs, `training/refresh.py`).
 
 Test-only: PEMT_KILL_AFTER_CHECKPOINT=<N> SIGKILLs rank 0 right after the checkpoint of step N
 (`pemt_pipeline.kill_points`; tests/test_training_chain.py).
@@ -46,6 +47,7 @@ from pemt_pipeline.features.dataset import (AugmentConfig, ShardClipDataset, col
 from pemt_pipeline.kill_points import KILL_AFTER_CHECKPOINT, kill_at, kill_point
 from pemt_pipeline.models import ModelConfig, PEMTModel
 from pemt_pipeline.sampling import NegativeSampler
+from pemt_pipeline.training import refresh as refreshing
 from pemt_pipeline.training.checkpoint import (
     LAST,
     config_differences,
@@ -59,12 +61,14 @@ from pemt_pipeline.training.data import VARIANTS as BATCH_VARIANTS
 from pemt_pipeline.training.data import VideoBatchSampler
 from pemt_pipeline.training.losses import LossConfig, PretrainingObjective
 from pemt_pipeline.training.optim import weight_decay_groups
+from pemt_pipeline.training.refresh import RefreshConfig
 
 logger = logging.getLogger(__name__)
 
 
 
 BACKENDS = ("auto", "nccl", "gloo")
+REFRESH_STREAM = 7  # seed key of a refreshed table's negative sampler: derive_seed(seed, step, REFRESH_STREAM)
 RDZV_ENDPOINT = ((lambda v: v.rpartition(":")[0] != "" and v.rpartition(":")[2].isdigit()), "host:port")
 
 
@@ -103,6 +107,7 @@ class TrainConfig(LoopSettings):
     deterministic: bool = True
     splits: tuple[str, ...] = ("train",)
     negatives: str = "content"
+    refresh_negatives_every: int = 0
     device: str = "auto"
     bf16: bool = True
     compile: bool = False
@@ -132,6 +137,7 @@ class TrainConfig(LoopSettings):
         require("training", self, steps=one, batch_size=one, grad_accum=one, checkpoint_every=one, log_every=one,
                 nproc_per_node=one, nnodes=one, batches_per_epoch=optional(one), lr=above(0),
                 weight_decay=at_least(0), warmup_steps=at_least(0), min_lr_ratio=between(0, 1),
+                refresh_negatives_every=at_least(0),
                 clip_grad_norm=above(0), seed=at_least(0), splits=each(NON_EMPTY), negatives=one_of(BATCH_VARIANTS),
                 device=DEVICE, num_workers=at_least(0), backend=one_of(BACKENDS), rdzv_endpoint=RDZV_ENDPOINT,
                 checkpoint_dir=NON_EMPTY, dvclive_dir=NON_EMPTY)
@@ -159,12 +165,17 @@ class TrainInputs:
     loss: LossConfig
     augment: AugmentConfig
     train: TrainConfig
+    refresh: RefreshConfig | None = None  # how refreshes rebuild the table; None = no refresh
 
 
 def prepare_inputs(manifest: pd.DataFrame, clips: pd.DataFrame, negatives: pd.DataFrame, model: ModelConfig,
-                   loss: LossConfig, augment: AugmentConfig, train: TrainConfig) -> TrainInputs:
+                   loss: LossConfig, augment: AugmentConfig, train: TrainConfig,
+                   refresh: RefreshConfig | None = None) -> TrainInputs:
     """Check that the manifest, the embedding store's clip table and the negative table agree, keep
-    the training splits, and renumber clips for that subset (clear errors before any work)."""
+    the training splits, and renumber clips for that subset (clear errors before any work).
+    `refresh`: the negatives and embedding parameters, needed when training.refresh_negatives_every > 0
+    (ignored, with a warning, for training.negatives: random, whose batches use no table)."""
+    refresh = _refresh_settings(train, refresh)
     if manifest.empty:
         raise ValueError("the manifest is empty: ingest some videos first (kedro run --pipelines ingestion)")
     per_video = clips.groupby("video_id", sort=False).size()
@@ -182,7 +193,23 @@ def prepare_inputs(manifest: pd.DataFrame, clips: pd.DataFrame, negatives: pd.Da
     table = table[(table["anchor"] >= 0) & (table["candidate"] >= 0)].copy()
     table["probability"] = table["probability"] / table.groupby("anchor")["probability"].transform("sum")
     table = table.reset_index(drop=True)
-    return TrainInputs(subset, table, clip_video_index, data_fingerprint(subset, table), model, loss, augment, train)
+    extra = (refreshing.identity_bytes(refresh),) if refresh is not None else ()
+    return TrainInputs(subset, table, clip_video_index, data_fingerprint(subset, table, *extra), model, loss, augment,
+                       train, refresh)
+
+
+def _refresh_settings(train: TrainConfig, refresh: RefreshConfig | None) -> RefreshConfig | None:
+    """The refresh settings when refreshes happen, else None."""
+    if train.refresh_negatives_every == 0:
+        return None
+    if train.negatives == "random":
+        logger.warning("training.refresh_negatives_every=%d has no effect with training.negatives: random (its "
+                       "batches use no negative table): no refresh", train.refresh_negatives_every)
+        return None
+    if refresh is None:
+        raise ValueError("training.refresh_negatives_every > 0 needs the negatives and embedding parameters "
+                         "(RefreshConfig) to rebuild the table")
+    return refresh
 
 
 def videos_fingerprint(manifest: pd.DataFrame, *parts: bytes) -> str:
@@ -196,10 +223,10 @@ def videos_fingerprint(manifest: pd.DataFrame, *parts: bytes) -> str:
     return digest.hexdigest()[:16]
 
 
-def data_fingerprint(manifest: pd.DataFrame, negatives: pd.DataFrame) -> str:
-    """A hash of what the training sees: its videos and the negative table."""
-    return videos_fingerprint(manifest, pd.util.hash_pandas_object(negatives[["anchor", "candidate", "probability"]],
-                                                                   index=False).to_numpy().tobytes())
+def data_fingerprint(manifest: pd.DataFrame, negatives: pd.DataFrame, *parts: bytes) -> str:
+    """A hash of what the training sees: its videos, the negative table and `parts` (the refresh
+    settings when refreshes are on)."""
+    return videos_fingerprint(manifest, refreshing.table_bytes(negatives), *parts)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -265,6 +292,10 @@ class Trainer:
     micro_done: int = 0  # micro-batches done (step x grad_accum)
     epoch: int = 0
     resumed_from: int | None = None  # the checkpoint's step, when resumed
+    refresh_every: int = 0  # steps between negative refreshes (pretraining's; 0 = none)
+    negatives_ref: dict[str, Any] | None = None  # the refreshed table in use (`refresh.write_table`)
+    refreshes: list[dict[str, Any]] = field(default_factory=list)  # each refresh: step, seconds, clips
+    tables_written: set[str] = field(default_factory=set)  # refreshed tables of this run not yet superseded
 
     @property
     def cfg(self) -> TrainConfig:
@@ -344,7 +375,8 @@ def build(inputs: TrainInputs, ctx: RankContext) -> Trainer:
                                 cfg.batches_per_epoch, cfg.seed, ctx.rank, ctx.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
                         pin_memory=device.type == "cuda")
-    return Trainer(inputs, ctx, device, step_module, optimizer, scheduler, dataset, sampler, loader)
+    return Trainer(inputs, ctx, device, step_module, optimizer, scheduler, dataset, sampler, loader,
+                   refresh_every=cfg.refresh_negatives_every if inputs.refresh is not None else 0)
 
 
 def _resume_blockers(ckpt: dict[str, Any], inputs: TrainInputs) -> list[str]:
@@ -355,7 +387,19 @@ def _resume_blockers(ckpt: dict[str, Any], inputs: TrainInputs) -> list[str]:
         {section: inputs.train.identity(), "model": inputs.model.to_dict()})]
     if ckpt.get("data") != inputs.fingerprint:
         differ.append("the training data (manifest, shard contents, negatives table; fine-tuning: labels, model)")
+    elif ckpt.get("negatives") is not None:
+        problem = refreshing.table_problem(Path(inputs.train.checkpoint_dir), ckpt["negatives"])
+        if problem:
+            differ.append(problem)
     return differ
+
+
+def _use_refreshed(trainer: Trainer, ref: dict[str, Any]) -> None:
+    """Resume: the batch sampler draws from the refreshed table the checkpoint used (its sampler's
+    state comes with the batch sampler's)."""
+    table = refreshing.read_table(Path(trainer.cfg.checkpoint_dir), ref)
+    trainer.sampler.negative_sampler = NegativeSampler(table, trainer.inputs.clip_video_index, seed=ref["seed"])
+    trainer.negatives_ref, trainer.tables_written = ref, {ref["file"]}
 
 
 def resume(trainer: Trainer) -> None:
@@ -376,6 +420,9 @@ def resume(trainer: Trainer) -> None:
         trainer.step_module.load_checkpoint_state(ckpt)
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         trainer.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("negatives") is not None:  # a refreshed table was in use
+            _use_refreshed(trainer, ckpt["negatives"])
+            trainer.refreshes = list(ckpt.get("refreshes", []))
         trainer.sampler.load_state_dict(ckpt["sampler"])
         set_rng_state(ckpt["rng"])
         trainer.step = trainer.resumed_from = int(ckpt["step"])
@@ -456,6 +503,56 @@ def log_metrics(trainer: Trainer, window: LogWindow, grad_norm: torch.Tensor, li
     return means
 
 
+def refresh_negatives(trainer: Trainer, live: Live | None) -> dict[str, Any]:
+    """The negative table from the current CNNs (`refresh.refreshed_table`: rank 0 builds it and writes
+    it beside the checkpoints, the other ranks receive it by broadcast), and the batch sampler drawing
+    the rest of the epoch from it (a sampler seeded from (seed, step)). Returns the refresh's record
+    (step, seconds, clips embedded, rows), also logged and kept for the checkpoint and the summary."""
+    cfg, ctx, inputs = trainer.cfg, trainer.ctx, trainer.inputs
+    start = time.perf_counter()
+    folder = Path(cfg.checkpoint_dir)
+    table = None
+    if ctx.main:
+        table = refreshing.refreshed_table(trainer.step_module.model, inputs.manifest, inputs.clip_video_index,
+                                           inputs.model, inputs.refresh, trainer.device, folder)
+    if ctx.world_size > 1:
+        table = refreshing.broadcast_table(table, trainer.device)
+    ref = refreshing.table_ref(table, trainer.step, derive_seed(cfg.seed, trainer.step, REFRESH_STREAM))
+    if ctx.world_size > 1:  # every rank must draw its slice of the same global batches
+        digests: list[str | None] = [None] * ctx.world_size
+        dist.all_gather_object(digests, ref["digest"])
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"step {trainer.step}: the ranks hold different refreshed negative tables {digests}")
+    if ctx.main:
+        refreshing.write_table(table, folder, ref)
+        trainer.tables_written.add(ref["file"])
+    bpe = trainer.batches_per_epoch
+    trainer.epoch = trainer.micro_done // bpe  # at an epoch boundary: the next epoch
+    trainer.sampler.set_epoch(trainer.epoch)
+    trainer.sampler.replace_negatives(NegativeSampler(table, inputs.clip_video_index, seed=ref["seed"]),
+                                      trainer.micro_done % bpe)
+    trainer.negatives_ref = ref
+    record = {"step": trainer.step, "seconds": round(time.perf_counter() - start, 3),
+              "clips": len(inputs.clip_video_index), "rows": len(table), "digest": ref["digest"]}
+    trainer.refreshes.append(record)
+    logger.info("step %d: negative table refreshed from the current CNNs (%d clips embedded, %d rows) in %.2f s",
+                record["step"], record["clips"], record["rows"], record["seconds"])
+    if live is not None:
+        live.step = trainer.step
+        live.log_metric("train/refresh_seconds", record["seconds"])
+        live.log_metric("train/refresh_clips", record["clips"])
+    return record
+
+
+def refresh_summary(trainer: Trainer) -> dict[str, Any]:
+    """The refreshes of the run (resumed ones included) for the training summary."""
+    done = trainer.refreshes
+    table = str(Path(trainer.cfg.checkpoint_dir) / trainer.negatives_ref["file"]) if trainer.negatives_ref else None
+    return {"every": trainer.refresh_every, "count": len(done), "last_step": done[-1]["step"] if done else None,
+            "seconds": round(sum(r["seconds"] for r in done), 3), "clips_embedded": sum(r["clips"] for r in done),
+            "table": table, "history": done}
+
+
 def checkpoint(trainer: Trainer) -> None:
     """Write checkpoint_dir/last.pt (rank 0, atomically): all a resumed run needs to continue
     exactly. At an epoch boundary every rank first moves its sampler to the next epoch, so the
@@ -470,7 +567,18 @@ def checkpoint(trainer: Trainer) -> None:
             "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
             "sampler": trainer.sampler.state_dict(batches_done=trainer.micro_done % bpe), "rng": rng_state(),
             "config": trainer.cfg.identity(), "model_config": trainer.inputs.model.to_dict(),
-            "data": trainer.inputs.fingerprint})
+            "data": trainer.inputs.fingerprint, **_refresh_state(trainer)})
+        if trainer.negatives_ref is not None:  # tables of this run that no checkpoint uses any more
+            superseded = trainer.tables_written - {trainer.negatives_ref["file"]}
+            refreshing.remove_tables(Path(trainer.cfg.checkpoint_dir), superseded)
+            trainer.tables_written -= superseded
+
+
+def _refresh_state(trainer: Trainer) -> dict[str, Any]:
+    """What a checkpoint holds of the refreshes (nothing before the first)."""
+    if trainer.negatives_ref is None:
+        return {}
+    return {"negatives": dict(trainer.negatives_ref), "refreshes": [dict(r) for r in trainer.refreshes]}
 
 
 def run_training(inputs: TrainInputs, ctx: RankContext | None = None) -> dict[str, Any]:
@@ -499,6 +607,10 @@ def fit(trainer: Trainer, desc: str = "training") -> dict[str, Any]:
         grad_norm = train_step(trainer, batches, window)
         bar.update()
         done = trainer.step == cfg.steps
+        if trainer.refresh_every and trainer.step % trainer.refresh_every == 0 and not done:
+            batches.close()  # its loader iterator holds batches of the previous table
+            window.start += refresh_negatives(trainer, live)["seconds"]  # not counted in clips/s
+            batches = micro_batches(trainer)
         if trainer.step % cfg.log_every == 0 or done:
             history.append(log_metrics(trainer, window, grad_norm, live))
             bar.set_postfix(loss=f"{history[-1]['total']:.3f}", clips_s=f"{history[-1]['clips_per_second']:.0f}")
@@ -510,7 +622,8 @@ def fit(trainer: Trainer, desc: str = "training") -> dict[str, Any]:
     bar.close()
     if live is not None:
         live.end()
-    return {"steps": trainer.step, "resumed_from": trainer.resumed_from,
+    refreshes = {"negative_refreshes": refresh_summary(trainer)} if trainer.refresh_every else {}
+    return {**refreshes, "steps": trainer.step, "resumed_from": trainer.resumed_from,
             "wall_seconds": round(time.perf_counter() - start, 2), "world_size": ctx.world_size,
             "device": str(trainer.device), "final": history[-1] if history else {},
             "first": history[0] if history else {}, "history": history, "checkpoint": str(trainer.last_path)}

@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 prepare_training,
                 inputs=["manifest", "clip_shards", "clip_embeddings", "negatives_table", "params:training",
-                        "params:model"],
+                        "params:model", "params:negatives", "params:embedding"],
                 outputs="training_inputs",
                 name="prepare_training_inputs",
             ),
