@@ -114,21 +114,28 @@ def write_table(table: pd.DataFrame, folder: Path, ref: dict[str, Any]) -> Path:
     return path
 
 
-def table_problem(folder: Path, ref: dict[str, Any]) -> str | None:
-    """Why the table `ref` (a checkpoint's) cannot be read back from `folder`; None if it can."""
+def _checked_table(folder: Path, ref: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
+    """The table `ref` (a checkpoint's) read once from `folder`, or why it cannot be read back."""
     path = Path(folder) / ref["file"]
     if not path.is_file():
-        return f"the refreshed negative table {path} it uses is missing"
-    if table_digest(pd.read_parquet(path)) != ref["digest"]:
-        return f"the refreshed negative table {path} it uses has changed"
-    return None
+        return None, f"the refreshed negative table {path} it uses is missing"
+    table = pd.read_parquet(path)
+    if table_digest(table) != ref["digest"]:
+        return None, f"the refreshed negative table {path} it uses has changed"
+    return table, None
+
+
+def table_problem(folder: Path, ref: dict[str, Any]) -> str | None:
+    """Why the table `ref` cannot be read back from `folder`; None if it can."""
+    return _checked_table(folder, ref)[1]
 
 
 def read_table(folder: Path, ref: dict[str, Any]) -> pd.DataFrame:
-    problem = table_problem(folder, ref)
+    """The table `ref`, its digest checked (one read of the file)."""
+    table, problem = _checked_table(folder, ref)
     if problem:
         raise ValueError(problem)
-    return pd.read_parquet(Path(folder) / ref["file"])
+    return table
 
 
 def broadcast_table(table: pd.DataFrame | None, device: torch.device) -> pd.DataFrame:
