@@ -8,7 +8,8 @@ any moment leaves the previous complete version (plain Python: every layer of th
   spans several calls): built as ``.<name>.<random>.tmp``; the swap renames the current folder to
   ``.<name>.<random>.old``, the new one to ``<name>``, then deletes the old one. At every moment a
   complete version exists, under ``<name>`` or, between the two renames, under the ``.old`` name,
-  which `recover` (and `remove_stale_temporaries`) renames back.
+  which `recover` (and `remove_stale_temporaries`) renames back. A file replacing a folder (or a
+  folder a file) is swapped the same way.
 - Temporaries are created as ``open()`` / ``os.mkdir`` create the target (0o666 / 0o777 less the
   umask), so outputs honour the umask; a symlink at the target is replaced, not written through.
 - `remove_stale_temporaries` deletes what killed runs left (only this naming pattern).
@@ -122,8 +123,8 @@ def commit(tmp: Path, path: str | os.PathLike) -> None:
     path = Path(path)
     with discard_on_error(tmp, path):
         _fsync_tree(tmp)
-        if tmp.is_dir() and not tmp.is_symlink():
-            _swap(tmp, path)
+        if (tmp.is_dir() and not tmp.is_symlink()) or (path.is_dir() and not path.is_symlink()):
+            _swap(tmp, path)  # a folder, or a file replacing a folder
         else:
             os.replace(tmp, path)
             _fsync_dir(path.parent)

@@ -4,7 +4,9 @@ a test interrupts it deterministically instead of racing a timer. Unset or empty
 - PEMT_KILL_AFTER_CHECKPOINT=<step>: training (rank 0), right after writing the checkpoint of that
   step (a multiple of checkpoint_every, or the last step);
 - PEMT_KILL_AFTER_SHARDS=<n>: ingestion, right after its n-th newly written shard, with its
-  worker processes (the whole process group).
+  worker processes (the whole process group);
+- PEMT_KILL_AFTER_TABLE_PARTS=<n>: a partitioned negative table's write, right after its n-th
+  part is in the temporary folder (`sampling/tablefile.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import signal
 
 KILL_AFTER_CHECKPOINT = "PEMT_KILL_AFTER_CHECKPOINT"
 KILL_AFTER_SHARDS = "PEMT_KILL_AFTER_SHARDS"
+KILL_AFTER_TABLE_PARTS = "PEMT_KILL_AFTER_TABLE_PARTS"
 
 
 def kill_point(variable: str) -> int | None:

@@ -30,9 +30,12 @@ Each step of the exact rules (`table.py`) is approximated as follows, per batch 
   distribution (candidates just beyond the cut), not the exact table's identities. Use trim="range"
   or exact mode when the exact candidates matter.
 
-Memory: O(N*d), not bounded by max_block_mb: a float32 copy of the embeddings for the queries
-plus the index's own copy (N*(d+1) floats for dissimilar); query batches and the extreme-set pass
-are sized by max_block_mb. faiss runs on CPU; the products use torch on the configured device.
+Memory: O(N*d), not bounded by max_block_mb: the index's own copy of the vectors (IVF-Flat:
+N*(4d + 8) bytes, 20.6 GB at 10M x 512; index="ivf_fp16" halves it, its distances then come from
+float16-rounded vectors; N*(d+1) floats more for dissimilar's index). The queries read the
+embeddings as they are (a memory-mapped .npy stays mapped; other arrays are copied to float32 once);
+query batches and the extreme-set pass are sized by max_block_mb. faiss runs on CPU; the products
+use torch on the configured device.
 
 Measured (benchmarks/bench_negatives.py, clustered synthetic set, K=32, n_probe=16, similar/range):
 recall@K of the exact table 1.0 at 10k (flat), 0.997 at 100k, 0.9994 at 1M (1000 anchors); the
@@ -53,6 +56,7 @@ from pemt_pipeline.devices import resolve_device
 from .blockwise import pick_random, pick_smallest
 from .config import FLAT_BELOW, NegativeConfig, first_bad_row
 from .table import TableParts, range_bounds, trim_count
+from .tablefile import NegativeTable
 
 FAISS_REQUIREMENT = "faiss-cpu==1.15.1"
 
@@ -66,9 +70,12 @@ def import_faiss():
 
 
 def load_matrix(embeddings: np.ndarray) -> np.ndarray:
-    """The embeddings as one C-contiguous float32 array (the index copies them anyway)."""
+    """The embeddings as one C-contiguous float32 array: the array itself when it already is one (a
+    read-only memmap stays a memmap, read as needed), else a copy; checked finite in 64 MB chunks."""
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    first_bad_row(x, 0)
+    step = max(1, (64 << 20) // (4 * max(1, x.shape[1])))
+    for lo in range(0, len(x), step):
+        first_bad_row(x[lo:lo + step], lo)
     return x
 
 
@@ -79,25 +86,51 @@ def auto_nlist(n: int, cfg: NegativeConfig, inner_product: bool) -> int:
     return int(cfg.nlist or max(1, min(round(per * math.sqrt(n)), n // 16)))
 
 
-def build_index(faiss, data: np.ndarray, inner_product: bool, cfg: NegativeConfig,
-                rng: np.random.Generator):
-    """IVF-Flat (or flat) index over data [N, D] with L2 or inner-product metric."""
-    n, dim = data.shape
+def make_index(faiss, n: int, dim: int, inner_product: bool, cfg: NegativeConfig):
+    """An empty index for n vectors of dim: flat, IVF-Flat (index="ivf"; N*(4*dim + 8) bytes) or
+    IVF with float16 codes (index="ivf_fp16"; N*(2*dim + 8) bytes, distances from the rounded
+    vectors), L2 or inner-product metric. IVF ones need `train_index`."""
     metric = faiss.METRIC_INNER_PRODUCT if inner_product else faiss.METRIC_L2
     nlist = auto_nlist(n, cfg, inner_product)
     flat = cfg.index == "flat" or (cfg.index == "auto" and n < FLAT_BELOW)
     if flat or nlist < 2:
-        index = faiss.IndexFlatIP(dim) if inner_product else faiss.IndexFlatL2(dim)
+        return faiss.IndexFlatIP(dim) if inner_product else faiss.IndexFlatL2(dim)
+    quantizer = faiss.IndexFlatIP(dim) if inner_product else faiss.IndexFlatL2(dim)
+    if cfg.index == "ivf_fp16":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16, metric)
     else:
-        quantizer = faiss.IndexFlatIP(dim) if inner_product else faiss.IndexFlatL2(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
-        index.cp.seed, index.cp.niter = int(cfg.seed), 10
-        index.cp.min_points_per_centroid = 1  # k-means on train_size points, not 39 per list
-        take = rng.choice(n, size=min(n, max(cfg.train_size, 16 * nlist)), replace=False)
-        index.train(data[np.sort(take)])
-        index.nprobe = int(min(cfg.n_probe, nlist))
-    for lo in range(0, n, 65536):
-        index.add(data[lo:lo + 65536])
+    index.cp.seed, index.cp.niter = int(cfg.seed), 10
+    index.cp.min_points_per_centroid = 1  # k-means on train_size points, not 39 per list
+    index.nprobe = int(min(cfg.n_probe, nlist))
+    return index
+
+
+def train_index(index, data: np.ndarray, cfg: NegativeConfig, rng: np.random.Generator,
+                size: int | None = None) -> None:
+    """k-means of an IVF index's coarse quantiser on a random sample of `size` rows of data
+    (default max(train_size, 16*nlist)); nothing for a flat index."""
+    if not hasattr(index, "nlist"):
+        return
+    n = len(data)
+    size = max(cfg.train_size, 16 * index.nlist) if size is None else size
+    take = rng.choice(n, size=min(n, size), replace=False)
+    index.train(data[np.sort(take)])
+
+
+def add_vectors(index, data: np.ndarray, lo: int = 0, hi: int | None = None) -> None:
+    """Add rows [lo, hi) of data (ids continue from the index's count), 65536 at a time."""
+    hi = len(data) if hi is None else hi
+    for a in range(lo, hi, 65536):
+        index.add(np.ascontiguousarray(data[a:min(hi, a + 65536)], dtype=np.float32))
+
+
+def build_index(faiss, data: np.ndarray, inner_product: bool, cfg: NegativeConfig,
+                rng: np.random.Generator):
+    """A flat or IVF index (`make_index`) over data [N, D], trained and filled."""
+    index = make_index(faiss, len(data), data.shape[1], inner_product, cfg)
+    train_index(index, data, cfg, rng)
+    add_vectors(index, data)
     return index
 
 
@@ -190,8 +223,13 @@ class ApproximateBuilder:
         return min(self.n, self.k_search() * 4**level), self.cfg.n_probe * 2**level
 
     def run(self, anchor_rows: np.ndarray, progress: bool) -> pd.DataFrame:
+        return self.table(anchor_rows, progress).frame()
+
+    def table(self, anchor_rows: np.ndarray, progress: bool,
+              partition_rows: int | None = None) -> NegativeTable:
+        """The table of `anchor_rows`, spilled to part files past `partition_rows` rows."""
         anchor_rows = anchor_rows[self.m[anchor_rows] > 0]
-        parts, lo = TableParts(self.cfg), 0
+        parts, lo = TableParts(self.cfg, partition_rows), 0
         with tqdm(total=len(anchor_rows), unit="anchor", disable=not progress,
                   desc=f"negatives ({self.cfg.variant}, approximate)") as bar:
             while lo < len(anchor_rows):
@@ -199,7 +237,7 @@ class ApproximateBuilder:
                 self._batch(rows, parts)
                 lo += len(rows)
                 bar.update(len(rows))
-        return parts.frame()
+        return parts.result()
 
     def _sample(self, a: torch.Tensor, rows: np.ndarray):
         """[B, S] sample distances (NaN = own video), sample row ids."""
@@ -307,5 +345,6 @@ class ApproximateBuilder:
 
 
 def approximate_table(embeddings: np.ndarray, vid: np.ndarray, cfg: NegativeConfig,
-                      progress: bool, anchor_rows: np.ndarray) -> pd.DataFrame:
-    return ApproximateBuilder(embeddings, vid, cfg).run(anchor_rows, progress)
+                      progress: bool, anchor_rows: np.ndarray,
+                      partition_rows: int | None = None) -> NegativeTable:
+    return ApproximateBuilder(embeddings, vid, cfg).table(anchor_rows, progress, partition_rows)

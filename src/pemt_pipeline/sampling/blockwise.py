@@ -51,6 +51,7 @@ from pemt_pipeline.devices import resolve_device
 
 from .config import NegativeConfig, first_bad_row
 from .table import TableParts, range_bounds, trim_count
+from .tablefile import NegativeTable
 
 Z = 3.5  # pilot bracket margin, in binomial standard deviations (a miss costs one full row)
 MAX_ANCHORS = 512  # anchors per block; matrix products are efficient well before this
@@ -429,10 +430,15 @@ class ExactBuilder:
         self.stats = {"blocks": 0, "anchors": 0, "fallback_anchors": 0, "block_size": 0}
 
     def run(self, anchor_rows: np.ndarray, progress: bool) -> pd.DataFrame:
+        return self.table(anchor_rows, progress).frame()
+
+    def table(self, anchor_rows: np.ndarray, progress: bool,
+              partition_rows: int | None = None) -> NegativeTable:
+        """The table of `anchor_rows`, spilled to part files past `partition_rows` rows."""
         pos_all = self.layout.positions(anchor_rows)
         pos_all = pos_all[self.layout.m[pos_all] > 0]
         plan = make_plan(self.n, self.emb.shape[1], len(pos_all), self.cfg, self.device)
-        parts = TableParts(self.cfg)
+        parts = TableParts(self.cfg, partition_rows)
         self.stats["block_size"] = plan.block
         with tqdm(total=len(pos_all), unit="anchor", disable=not progress,
                   desc=f"negatives ({self.cfg.variant}, exact)") as bar:
@@ -440,7 +446,7 @@ class ExactBuilder:
                 pos = pos_all[lo:lo + plan.block]
                 self._block(pos, plan, parts, i)
                 bar.update(len(pos))
-        return parts.frame()
+        return parts.result()
 
     def _block(self, pos: np.ndarray, plan: Plan, parts: TableParts, index: int) -> None:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index)
@@ -578,5 +584,5 @@ class ExactBuilder:
 
 
 def exact_table(embeddings: np.ndarray, vid: np.ndarray, cfg: NegativeConfig, progress: bool,
-                anchor_rows: np.ndarray) -> pd.DataFrame:
-    return ExactBuilder(embeddings, vid, cfg).run(anchor_rows, progress)
+                anchor_rows: np.ndarray, partition_rows: int | None = None) -> NegativeTable:
+    return ExactBuilder(embeddings, vid, cfg).table(anchor_rows, progress, partition_rows)

@@ -14,7 +14,7 @@ VARIANTS = ("similar", "dissimilar", "random")
 TRIMS = ("quantile", "range")
 MODES = ("exact", "approximate")
 DEVICES = ("auto", "cpu", "cuda")
-INDEXES = ("auto", "ivf", "flat")
+INDEXES = ("auto", "ivf", "ivf_fp16", "flat")
 FLAT_BELOW = 50_000  # index="auto": exhaustive (flat) search below this many clips
 SPACES = ("visual", "audio", "joint")
 
@@ -40,10 +40,14 @@ class NegativeConfig:
                     order statistics before the full pass (speed only; results stay exact).
       device_cache_mb  exact mode on an accelerator: candidates are copied there once when they fit
                     in this many MB, else streamed per block.
+      partition_rows  `negative_table`: a table of more rows is built in part files (memory
+                    O(partition_rows)) and written as a folder of Parquet parts by anchor range;
+                    smaller ones stay one file (`tablefile.py`). The table's content is the same.
     Approximate mode
-      index        auto | ivf (faiss IndexIVFFlat) | flat (exhaustive faiss index). auto = flat below
-                   FLAT_BELOW (50k) clips, where it costs seconds and an IVF index on few points per
-                   class loses recall (0.61 at 10k in the benchmark), ivf above.
+      index        auto | ivf (faiss IndexIVFFlat) | ivf_fp16 (IVF with float16 codes: half the
+                   memory, distances from the rounded vectors) | flat (exhaustive faiss index).
+                   auto = flat below FLAT_BELOW (50k) clips, where it costs seconds and an IVF index
+                   on few points per class loses recall (0.61 at 10k in the benchmark), ivf above.
       nlist        inverted lists; 0 = about 4*sqrt(N).
       n_probe      lists visited per query (recall/speed knob).
       oversample   the index is asked for k*oversample + (largest video's clips) neighbours, so that
@@ -67,6 +71,7 @@ class NegativeConfig:
     seed: int = 0
     pilot_size: int = 8192
     device_cache_mb: float = 2048.0
+    partition_rows: int = 50_000_000
     index: str = "auto"
     nlist: int = 0
     n_probe: int = 16
@@ -86,7 +91,7 @@ class NegativeConfig:
         require("negatives", self, variant=one_of(VARIANTS), trim=one_of(TRIMS), mode=one_of(MODES),
                 device=one_of(DEVICES), index=one_of(INDEXES), k=count, pilot_size=count, n_probe=count,
                 oversample=count, sample_size=count, train_size=count, extreme_anchors=count,
-                extreme_per_anchor=count, nlist=(lambda v: v >= 0, ">= 0 (0 = automatic)"),
+                extreme_per_anchor=count, partition_rows=count, nlist=(lambda v: v >= 0, ">= 0 (0 = automatic)"),
                 interval=between(0, 1, low_open=True), max_block_mb=above(0), device_cache_mb=above(0),
                 eps=between(0, 1), seed=at_least(0))
 

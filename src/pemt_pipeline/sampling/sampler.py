@@ -7,6 +7,11 @@ absent from the table fall back to a uniform draw over the clips of all *other* 
 anchor's own video is never drawn (the table is checked for that on construction). All randomness
 comes from one numpy PCG64 generator seeded by `seed`; `state_dict()` / `load_state_dict()` save
 and restore it, so a resumed training run draws the same sequence.
+
+Memory: the table's candidate column is kept as it is when the table is sorted by anchor (as built
+and as read, a single file or a partitioned one: `tablefile.py`), plus float64 cumulative
+probabilities [rows] and O(N) indexes: at 10M clips x K=32 (320M rows) 2.56 GB besides the table's
+own 2.56 GB of candidates, plus temporaries of CHUNK (4M) rows while indexing.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 REQUIRED = ("anchor", "candidate", "probability")
+CHUNK = 1 << 22  # rows per pass of the table's checks and cumulative sums (bounded temporaries)
 
 
 class NegativeSampler:
@@ -28,25 +34,38 @@ class NegativeSampler:
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
 
     def _index_table(self, table: pd.DataFrame) -> None:
-        """CSR by anchor: segment per anchor, candidates, cumulative probabilities in (s, s+1]."""
-        table = table.sort_values("anchor", kind="stable")
+        """CSR by anchor: segment per anchor, candidates, cumulative probabilities in (s, s+1].
+        The table's columns are used as they are when already sorted by anchor (no copy); the
+        cumulative sums are built CHUNK rows at a time (the same values as one global pass)."""
         anchor = table["anchor"].to_numpy(np.int64)
-        self._cand = table["candidate"].to_numpy(np.int64)  # [nnz]
-        anchors, start, count = np.unique(anchor, return_index=True, return_counts=True)
+        cand = table["candidate"].to_numpy(np.int64)
+        prob = table["probability"].to_numpy()
+        if len(anchor) > 1 and not np.all(anchor[1:] >= anchor[:-1]):
+            order = np.argsort(anchor, kind="stable")
+            anchor, cand, prob = anchor[order], cand[order], prob[order]
+        self._cand = cand  # [nnz]
+        start = np.flatnonzero(np.r_[True, anchor[1:] != anchor[:-1]]) if len(anchor) else np.zeros(0, np.int64)
+        count = np.diff(np.r_[start, len(anchor)])
+        anchors = anchor[start]
         self._segment = np.full(len(self.vid), -1, dtype=np.int64)  # [N] segment or -1
         self._segment[anchors] = np.arange(len(anchors))
         self._start, self._count = start, count
-        p = table["probability"].to_numpy(np.float64)
-        seg = np.repeat(np.arange(len(anchors)), count)
-        cs = np.cumsum(p)
-        base = np.where(start > 0, cs[start - 1], 0.0)
-        total = cs[start + count - 1] - base
-        if np.any(total <= 0):
-            bad = int(anchors[np.flatnonzero(total <= 0)[0]])
-            raise ValueError(f"table: anchor {bad} has probabilities summing to 0")
-        cum = (cs - base[seg]) / total[seg]
-        cum[start + count - 1] = 1.0
-        self._cum = seg + cum  # [nnz], increasing
+        self._cum = np.empty(len(anchor), dtype=np.float64)  # [nnz], increasing
+        carry, s0 = 0.0, 0
+        while s0 < len(start):  # whole segments of about CHUNK rows
+            s1 = max(s0 + 1, int(np.searchsorted(start, start[s0] + CHUNK, side="right")))
+            r0, r1 = int(start[s0]), int(start[s1 - 1] + count[s1 - 1])
+            cs = np.cumsum(np.r_[carry, prob[r0:r1].astype(np.float64)])  # cs[i] = sum of rows < r0 + i
+            st, ct = start[s0:s1] - r0, count[s0:s1]
+            base, total = cs[st], cs[st + ct] - cs[st]
+            if np.any(total <= 0):
+                bad = int(anchors[s0 + np.flatnonzero(total <= 0)[0]])
+                raise ValueError(f"table: anchor {bad} has probabilities summing to 0")
+            seg = np.repeat(np.arange(s1 - s0), ct)
+            cum = (cs[1:] - base[seg]) / total[seg]
+            cum[st + ct - 1] = 1.0
+            self._cum[r0:r1] = (seg + s0) + cum
+            carry, s0 = float(cs[-1]), s1
 
     def _index_videos(self) -> None:
         """Clips in video order, each clip's own-video range, and the clips of each video."""
@@ -154,15 +173,18 @@ def _checked_table(table: pd.DataFrame, vid: np.ndarray) -> pd.DataFrame:
         raise ValueError(f"table is missing columns {missing} (has {list(table.columns)})")
     a = table["anchor"].to_numpy(np.int64)
     c = table["candidate"].to_numpy(np.int64)
-    p = table["probability"].to_numpy(np.float64)
+    p = table["probability"].to_numpy()
     n = len(vid)
     for name, ids in (("anchor", a), ("candidate", c)):
         if ids.size and (ids.min() < 0 or ids.max() >= n):
             raise ValueError(f"table {name} ids must be in [0, {n}) (video_index length)")
-    if not np.all(np.isfinite(p) & (p >= 0)):
-        raise ValueError("table probabilities must be finite and >= 0")
-    same = vid[a] == vid[c]
-    if same.any():
-        i = int(np.flatnonzero(same)[0])
-        raise ValueError(f"table row {i}: candidate {c[i]} is from anchor {a[i]}'s own video")
+    for lo in range(0, len(a), CHUNK):  # bounded temporaries at any table size
+        hi = lo + CHUNK
+        pc = p[lo:hi].astype(np.float64, copy=False)
+        if not np.all(np.isfinite(pc) & (pc >= 0)):
+            raise ValueError("table probabilities must be finite and >= 0")
+        same = vid[a[lo:hi]] == vid[c[lo:hi]]
+        if same.any():
+            i = lo + int(np.flatnonzero(same)[0])
+            raise ValueError(f"table row {i}: candidate {c[i]} is from anchor {a[i]}'s own video")
     return table

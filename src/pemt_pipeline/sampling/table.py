@@ -45,8 +45,7 @@ import pandas as pd
 import torch
 
 from .config import NegativeConfig, check_inputs, first_bad_row
-
-COLUMNS = ("anchor", "candidate", "probability", "distance")
+from .tablefile import COLUMNS, NegativeTable, TableSink, sorted_columns
 
 
 def trim_count(m: np.ndarray, interval: float) -> np.ndarray:
@@ -88,16 +87,7 @@ def probabilities(d: np.ndarray, valid: np.ndarray, dmin, dmax, variant: str, ep
 
 def frame(anchor, candidate, probability, distance) -> pd.DataFrame:
     """The table: sorted by anchor, then descending probability (ties keep their given order)."""
-    anchor = np.asarray(anchor, dtype=np.int64)
-    candidate = np.asarray(candidate, dtype=np.int64)
-    probability = np.asarray(probability, dtype=np.float32)
-    distance = np.asarray(distance, dtype=np.float32)
-    order = np.argsort(anchor, kind="stable")
-    a, p = anchor[order], probability[order]
-    if np.any((a[1:] == a[:-1]) & (p[1:] > p[:-1])):  # selections come sorted; this is a guard
-        order = order[np.lexsort((-p, a))]
-    return pd.DataFrame({"anchor": anchor[order], "candidate": candidate[order],
-                         "probability": probability[order], "distance": distance[order]})
+    return pd.DataFrame(sorted_columns(anchor, candidate, probability, distance), copy=False)
 
 
 def empty_frame() -> pd.DataFrame:
@@ -105,10 +95,12 @@ def empty_frame() -> pd.DataFrame:
 
 
 class TableParts:
-    """Accumulates per-block selections [B, K] and turns them into the table."""
+    """Accumulates per-block selections [B, K] and turns them into the table: in memory, or spilled
+    to part files past `partition_rows` rows (`tablefile.TableSink`)."""
 
-    def __init__(self, cfg: NegativeConfig):
-        self.cfg, self.parts = cfg, []
+    def __init__(self, cfg: NegativeConfig, partition_rows: int | None = None):
+        self.cfg = cfg
+        self.sink = TableSink(partition_rows, cfg.k)
 
     def add(self, anchors: np.ndarray, cands: np.ndarray, valid: np.ndarray, dist: np.ndarray,
             dmin: np.ndarray, dmax: np.ndarray) -> None:
@@ -116,13 +108,14 @@ class TableParts:
         rows, cols = np.nonzero(valid)
         dist = np.asarray(dist, dtype=np.float64)
         p = probabilities(dist, valid, dmin[:, None], dmax[:, None], self.cfg.variant, self.cfg.eps)
-        self.parts.append((anchors[rows].astype(np.int64), cands[rows, cols].astype(np.int64),
-                           p[rows, cols].astype(np.float32), dist[rows, cols].astype(np.float32)))
+        self.sink.add(anchors[rows].astype(np.int64), cands[rows, cols].astype(np.int64),
+                      p[rows, cols].astype(np.float32), dist[rows, cols].astype(np.float32))
+
+    def result(self) -> NegativeTable:
+        return self.sink.result()
 
     def frame(self) -> pd.DataFrame:
-        if not self.parts:
-            return empty_frame()
-        return frame(*(np.concatenate(col) for col in zip(*self.parts)))
+        return self.result().frame()
 
 
 def anchor_ids(anchors: np.ndarray | None, n: int) -> np.ndarray:

@@ -38,6 +38,7 @@ TABLE_COLUMNS = ["anchor", "candidate", "probability"]  # what the sampler reads
 TABLE_GLOB = "negatives-step*.parquet"
 EMBEDDINGS = "refresh_embeddings"  # the last refresh's clip embeddings, in checkpoint_dir
 EMBED_IDENTITY = ("crop", "mean", "std", "batch_size")  # embedding parameters that change a refreshed table
+NOT_IDENTITY = ("partition_rows",)  # negatives parameters that do not (how a table is stored)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class RefreshConfig:
     def identity(self) -> dict[str, Any]:
         """What changes a refreshed table (part of the resume identity when refreshes are on)."""
         embedding = {k: getattr(self.embedding, k) for k in EMBED_IDENTITY}
-        return {"space": self.space, "negatives": self.negatives.to_dict(), "embedding": embedding}
+        negatives = {k: v for k, v in self.negatives.to_dict().items() if k not in NOT_IDENTITY}
+        return {"space": self.space, "negatives": negatives, "embedding": embedding}
 
 
 def table_bytes(table: pd.DataFrame) -> bytes:

@@ -8,11 +8,12 @@ from typing import Any
 import pandas as pd
 
 from pemt_pipeline.features import ClipEmbeddings
-from pemt_pipeline.sampling import NegativeConfig, build_negative_table, embedding_space
+from pemt_pipeline.sampling import NegativeConfig, NegativeTable, embedding_space, negative_table
 
 
-def build_negatives(clip_embeddings: ClipEmbeddings, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """For each clip, its K best-qualified negatives from other videos with sampling probabilities."""
+def build_negatives(clip_embeddings: ClipEmbeddings, params: dict[str, Any]) -> tuple[NegativeTable, dict[str, Any]]:
+    """For each clip, its K best-qualified negatives from other videos with sampling probabilities
+    (built in part files past negatives.partition_rows rows)."""
     params = dict(params)
     space = params.pop("space")
     cfg = NegativeConfig.from_dict(params)
@@ -20,11 +21,10 @@ def build_negatives(clip_embeddings: ClipEmbeddings, params: dict[str, Any]) -> 
     embeddings = embedding_space(clip_embeddings.visual, clip_embeddings.audio, space)
     video_index = pd.factorize(clips["video_id"])[0]
     start = time.perf_counter()
-    table = build_negative_table(embeddings, video_index, cfg)
+    table = negative_table(embeddings, video_index, cfg)
     seconds = time.perf_counter() - start
-    per_anchor = table.groupby("anchor").size()
-    summary = {"clips": len(clips), "anchors": int(per_anchor.size), "rows": len(table),
-               "candidates_per_anchor": {"min": int(per_anchor.min()), "max": int(per_anchor.max())}
-               if len(per_anchor) else {}, "space": space, "variant": cfg.variant, "mode": cfg.mode,
-               "k": cfg.k, "wall_seconds": round(seconds, 3)}
+    summary = {"clips": len(clips), "anchors": table.anchors, "rows": table.rows,
+               "candidates_per_anchor": {"min": table.per_anchor[0], "max": table.per_anchor[1]}
+               if table.per_anchor else {}, "partitioned": table.partitioned, "space": space,
+               "variant": cfg.variant, "mode": cfg.mode, "k": cfg.k, "wall_seconds": round(seconds, 3)}
     return table, summary
