@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pemt_pipeline"
 
 # Lowest first; a module may import from its own layer (without a cycle) and from lower ones.
 LAYERS = (
-    ("configs", "atomic", "devices", "kill_points", "locking", "profiling"),
+    ("configs", "atomic", "devices", "distributed", "kill_points", "locking", "profiling", "storage"),
     ("media",),
     ("models",),
     ("features",),

@@ -11,11 +11,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pemt_pipeline.configs import (DEVICE, NON_EMPTY, above, at_least, between, each, from_params, one_of,
-                                   optional, require)
+from pemt_pipeline.configs import (DEVICE, NON_EMPTY, above, at_least, between, each, from_params, optional, require)
+from pemt_pipeline.distributed import LaunchSettings
 from pemt_pipeline.evaluation.audio import AudioFolderConfig
 from pemt_pipeline.evaluation.probe import ProbeConfig
-from pemt_pipeline.training.loop import BACKENDS, RDZV_ENDPOINT, LoopSettings
+from pemt_pipeline.training.loop import LoopSettings
 
 PROTOCOLS = ("video", "visual_cnn")  # fine-tuned here; audio_linear_kfold is evaluation.audio.audio_kfold
 ALL_PROTOCOLS = (*PROTOCOLS, "audio_linear_kfold")
@@ -77,7 +77,7 @@ class AudioKfoldConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(LaunchSettings):
     """The ``finetune:`` block: settings shared by the protocols, then one block per protocol."""
 
     model_file: str = "data/06_models/pretrained_model.pt"
@@ -118,8 +118,8 @@ class FinetuneConfig:
         one = at_least(1)
         require("finetune", self, model_file=NON_EMPTY, train_splits=each(NON_EMPTY), test_splits=each(NON_EMPTY),
                 baseline_seed=at_least(0), top_k=one, device=DEVICE, num_workers=at_least(0),
-                checkpoint_dir=NON_EMPTY, dvclive_dir=NON_EMPTY, nproc_per_node=one, nnodes=one,
-                backend=one_of(BACKENDS), rdzv_endpoint=RDZV_ENDPOINT)
+                checkpoint_dir=NON_EMPTY, dvclive_dir=NON_EMPTY)
+        self.check_launch("finetune")
         for p in PROTOCOLS:
             getattr(self, p).check(f"finetune.{p}")
         if self.visual_cnn.batch_size < 2 * self.world_size:  # one clip per video: BatchNorm needs 2 per process
@@ -130,10 +130,6 @@ class FinetuneConfig:
         if name not in PROTOCOLS:
             raise ValueError(f"unknown fine-tuning protocol {name!r}; known: {list(PROTOCOLS)}")
         return getattr(self, name)
-
-    @property
-    def world_size(self) -> int:
-        return self.nproc_per_node * self.nnodes
 
 
 @dataclass(frozen=True)

@@ -1,38 +1,23 @@
-"""Several processes (GPUs, machines): DDP workers started from Python with torch's elastic launcher
-(what `torchrun` runs), never by running `kedro run` once per rank.
+"""Several processes (GPUs, machines) for training: DDP workers started by the project's one
+launcher (`pemt_pipeline.distributed`, torch's elastic launcher), never by running `kedro run` once
+per rank.
 
 One machine, N GPUs:     kedro run --env paper --pipelines training --params training.nproc_per_node=N
 Several machines (M):    on every machine, the same command plus
                          --params training.nnodes=M,training.rdzv_endpoint=<host of machine 0>:29500
-The elastic agent of each machine starts its `nproc_per_node` workers, they meet at the rendezvous
-endpoint, and global rank 0 writes checkpoints, metrics and the final model. Without CUDA the
-workers use the gloo backend on the CPU (how the tests run two processes).
+Global rank 0 writes checkpoints, metrics and the final model. Without CUDA the workers use the
+gloo backend on the CPU (how the tests run two processes).
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-import torch
-import torch.distributed as dist
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
+from pemt_pipeline import distributed
+from pemt_pipeline.distributed import RankContext
 from pemt_pipeline.models import TrainedModel, load_trained
-from pemt_pipeline.training.loop import RankContext, TrainInputs, run_training
-
-
-def _worker(run: Callable[[Any, RankContext], dict], inputs: Any) -> dict:
-    cfg = inputs.train
-    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
-    dist.init_process_group(backend)
-    try:
-        ctx = RankContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-        return run(inputs, ctx)
-    finally:
-        dist.destroy_process_group()
+from pemt_pipeline.training.loop import TrainInputs, run_training
 
 
 def train(inputs: TrainInputs) -> dict:
@@ -42,19 +27,9 @@ def train(inputs: TrainInputs) -> dict:
 
 
 def launch(run: Callable[[Any, RankContext], dict], inputs: Any) -> dict:
-    """`run(inputs, ctx)` in this process (world size 1), or in `nnodes x nproc_per_node` DDP workers
-    (`inputs.train` holds the launch settings; `run` a module-level function, `inputs` picklable:
-    they are sent to the workers). Shared by pretraining and fine-tuning."""
-    cfg = inputs.train
-    if cfg.world_size == 1:
-        return run(inputs, RankContext())
-    run_id = os.environ.get("PEMT_RUN_ID", f"pemt-{uuid.uuid4().hex[:8]}" if cfg.nnodes == 1 else "pemt")
-    config = LaunchConfig(min_nodes=cfg.nnodes, max_nodes=cfg.nnodes, nproc_per_node=cfg.nproc_per_node,
-                          run_id=run_id,
-                          rdzv_backend="c10d", rdzv_endpoint=cfg.rdzv_endpoint, max_restarts=0, monitor_interval=0.5,
-                          start_method="spawn")
-    results = elastic_launch(config, _worker)(run, inputs)
-    return results[min(results)]
+    """`pemt_pipeline.distributed.launch` of a training loop: its launch settings are `inputs.train`
+    (pretraining's TrainConfig, fine-tuning's FinetuneRun)."""
+    return distributed.launch(run, inputs, inputs.train)
 
 
 def train_model(inputs: TrainInputs) -> tuple[TrainedModel, dict]:

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from pemt_pipeline.atomic import remove_stale_temporaries
 from pemt_pipeline.configs import (DEVICE, NON_EMPTY, above, at_least, between, each, from_params, one_of, optional,
                                    require)
-from pemt_pipeline.devices import resolve_device
+from pemt_pipeline.distributed import LaunchSettings, RankContext, rank_device
 from pemt_pipeline.features.dataset import (AugmentConfig, ShardClipDataset, collate, derive_seed, model_batch,
                                             videos_in_splits)
 from pemt_pipeline.kill_points import KILL_AFTER_CHECKPOINT, kill_at, kill_point
@@ -67,22 +67,17 @@ logger = logging.getLogger(__name__)
 
 
 
-BACKENDS = ("auto", "nccl", "gloo")
 REFRESH_STREAM = 7  # seed key of a refreshed table's negative sampler: derive_seed(seed, step, REFRESH_STREAM)
-RDZV_ENDPOINT = ((lambda v: v.rpartition(":")[0] != "" and v.rpartition(":")[2].isdigit()), "host:port")
 
 
-class LoopSettings:
+class LoopSettings(LaunchSettings):
     """What the shared loop (`fit`) and launcher read of a run's config dataclass besides its fields
-    (pretraining's TrainConfig, fine-tuning's FinetuneRun): the world size and the resume identity."""
+    (pretraining's TrainConfig, fine-tuning's FinetuneRun): the world size and launch checks
+    (`pemt_pipeline.distributed.LaunchSettings`) and the resume identity."""
 
     # fields that may change between a run and its resumption
     RUN_FIELDS = ("steps", "checkpoint_every", "log_every", "progress", "num_workers", "resume", "dvclive_dir",
                   "checkpoint_dir", "rdzv_endpoint", "device", "compile")
-
-    @property
-    def world_size(self) -> int:
-        return self.nproc_per_node * self.nnodes
 
     def identity(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed."""
@@ -135,12 +130,12 @@ class TrainConfig(LoopSettings):
     def validate(self) -> None:
         one = at_least(1)
         require("training", self, steps=one, batch_size=one, grad_accum=one, checkpoint_every=one, log_every=one,
-                nproc_per_node=one, nnodes=one, batches_per_epoch=optional(one), lr=above(0),
+                batches_per_epoch=optional(one), lr=above(0),
                 weight_decay=at_least(0), warmup_steps=at_least(0), min_lr_ratio=between(0, 1),
                 refresh_negatives_every=at_least(0),
                 clip_grad_norm=above(0), seed=at_least(0), splits=each(NON_EMPTY), negatives=one_of(BATCH_VARIANTS),
-                device=DEVICE, num_workers=at_least(0), backend=one_of(BACKENDS), rdzv_endpoint=RDZV_ENDPOINT,
-                checkpoint_dir=NON_EMPTY, dvclive_dir=NON_EMPTY)
+                device=DEVICE, num_workers=at_least(0), checkpoint_dir=NON_EMPTY, dvclive_dir=NON_EMPTY)
+        self.check_launch("training")
 
 
 def training_configs(params: Mapping[str, Any] | None) -> tuple[TrainConfig, LossConfig, AugmentConfig]:
@@ -189,13 +184,24 @@ def prepare_inputs(manifest: pd.DataFrame, clips: pd.DataFrame, negatives: pd.Da
     new_id[keep] = np.arange(int(keep.sum()))
     position = {v: i for i, v in enumerate(subset["video_id"])}
     clip_video_index = clips.loc[keep, "video_id"].map(position).to_numpy(np.int64)
-    table = negatives.assign(anchor=new_id[negatives["anchor"]], candidate=new_id[negatives["candidate"]])
-    table = table[(table["anchor"] >= 0) & (table["candidate"] >= 0)].copy()
-    table["probability"] = table["probability"] / table.groupby("anchor")["probability"].transform("sum")
-    table = table.reset_index(drop=True)
+    table = _renumbered(negatives, new_id)
     extra = (refreshing.identity_bytes(refresh),) if refresh is not None else ()
     return TrainInputs(subset, table, clip_video_index, data_fingerprint(subset, table, *extra), model, loss, augment,
                        train, refresh)
+
+
+def _renumbered(negatives: pd.DataFrame, new_id: np.ndarray) -> pd.DataFrame:
+    """The table's rows between kept clips (new_id >= 0), ids renumbered, probabilities renormalised
+    per anchor; numpy columns, so a large (e.g. partitioned) table is copied at most once."""
+    cols = {c: negatives[c].to_numpy() for c in negatives.columns}
+    cols["anchor"] = new_id[cols["anchor"].astype(np.int64, copy=False)]
+    cols["candidate"] = new_id[cols["candidate"].astype(np.int64, copy=False)]
+    keep = (cols["anchor"] >= 0) & (cols["candidate"] >= 0)
+    if not keep.all():
+        cols = {c: x[keep] for c, x in cols.items()}
+    table = pd.DataFrame(cols, copy=False)
+    table["probability"] = table["probability"] / table.groupby("anchor")["probability"].transform("sum")
+    return table
 
 
 def _refresh_settings(train: TrainConfig, refresh: RefreshConfig | None) -> RefreshConfig | None:
@@ -254,20 +260,6 @@ class PretrainingStep(nn.Module):
     def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.objective.load_state_dict(ckpt["objective"])
-
-
-@dataclass(frozen=True)
-class RankContext:
-    """Which training process this is: global rank, number of processes, rank on its machine."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0  # the CUDA device index on its machine
-
-    @property
-    def main(self) -> bool:
-        """Global rank 0: writes checkpoints and metrics."""
-        return self.rank == 0
 
 
 @dataclass
@@ -351,9 +343,8 @@ def _mean_logs(sums: dict[str, float], count: int, ctx: RankContext, device: tor
 def prepare_process(cfg: TrainConfig, ctx: RankContext) -> torch.device:
     """This process's device (its rank's GPU under DDP), deterministic algorithms when asked, and the
     global seed `cfg.seed`."""
-    device = resolve_device(cfg.device)
+    device = rank_device(cfg.device, ctx)
     if device.type == "cuda" and ctx.world_size > 1:
-        device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")

@@ -15,7 +15,8 @@ from pemt_pipeline.models import ModelConfig
 def embed_all_clips(
     manifest: pd.DataFrame, clip_shards: ShardStore, params: dict[str, Any], model_params: dict[str, Any]
 ) -> tuple[ClipEmbeddings, dict[str, Any]]:
-    """Embed every clip of the manifest with the visual and audio CNNs; return the store and a summary.
+    """Embed every clip of the manifest with the visual and audio CNNs (in this process, or in
+    `embedding.nproc_per_node` x `embedding.nnodes` worker processes); return the store and a summary.
 
     `clip_shards` is an input so that the pipeline runs after ingestion; the manifest names the shards.
     """
@@ -25,6 +26,6 @@ def embed_all_clips(
     seconds = time.perf_counter() - start
     meta = store.meta
     summary = {"clips": meta["n_clips"], "videos": meta["n_videos"], "dims": meta["dims"],
-               "source": cfg.checkpoint or f"random init, seed {cfg.seed}",
+               "source": cfg.checkpoint or f"random init, seed {cfg.seed}", "processes": cfg.world_size,
                "wall_seconds": round(seconds, 3), "clips_per_second": round(meta["n_clips"] / seconds, 1)}
     return store, summary
