@@ -4,6 +4,10 @@ run lock taken, before the first node runs.
 `RunParameters.after_context_created` gives the pipeline registry the session's parameters (so
 `--env` and `--params` can change and add report variants).
 
+`ObjectStorage.after_context_created` sets the storage options of fsspec URLs (`pemt_pipeline.storage`)
+from the credentials entry ``object_storage`` (conf/<env>/credentials.yml, never the parameters) and
+the read cache from the ``storage`` parameters, before the catalog is built.
+
 `RunGuard.before_pipeline_run`
   1. parses every parameter section that the pipeline being run takes (`params:ingestion`,
      `params:training`, ...) with the config class its nodes use (`PARAMETER_CHECKS`), so that a bad
@@ -28,9 +32,11 @@ from typing import Any
 
 import click
 import kedro.framework.project as kedro_project
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 from kedro.io import MemoryDataset
 
+from pemt_pipeline import storage
 from pemt_pipeline.configs import NON_EMPTY, at_least, check_type, from_params, require
 from pemt_pipeline.evaluation.audio import AudioFolderConfig
 from pemt_pipeline.evaluation.probe import ProbeConfig
@@ -203,6 +209,30 @@ class RunParameters:
         use_run_parameters(context.config_loader["parameters"])
         # pipelines already built (for another session's parameters) are built again on next use
         kedro_project.pipelines.configure(f"{kedro_project.PACKAGE_NAME}.pipeline_registry")
+
+
+class ObjectStorage:
+    """Storage options (credentials, endpoint) for the run's fsspec URLs from Kedro's credentials
+    entry `storage.CREDENTIALS_KEY`, and the local read cache from the ``storage`` parameters
+    (`storage.configure`). Absent credentials: fsspec's own defaults (environment, ~/.aws ...)."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        try:  # the loader's parameters (with --params): `context.params` would build the pipelines too early
+            cfg = storage.StorageConfig.from_dict(context.config_loader["parameters"].get("storage"))
+        except ValueError as error:
+            raise ParameterError(str(error)) from None
+        try:
+            credentials = context.config_loader["credentials"]
+        except MissingConfigException:
+            credentials = {}
+        try:
+            options = storage.storage_options_by_protocol(credentials.get(storage.CREDENTIALS_KEY), cfg.protocol)
+        except ValueError as error:
+            raise ParameterError(str(error)) from None
+        cache = Path(cfg.cache_dir)
+        storage.configure(options, cache if cache.is_absolute() else Path(context.project_path) / cache,
+                          cfg.cache_max_gb)
 
 
 class MissingInputError(click.ClickException):

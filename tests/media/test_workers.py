@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from pemt_pipeline.media.workers import TaskFailure, run_supervised
+from pemt_pipeline.media.workers import TaskFailure, WorkerPool, run_supervised
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -185,3 +185,26 @@ def test_no_items_and_bad_arguments():
         list(run_supervised(_task, [("ok", 0)], 0))
     with pytest.raises(ValueError):
         list(run_supervised(_task, [("ok", 0)], 1, timeout_s=-1))
+
+
+def test_a_kept_pool_serves_later_calls_from_the_same_workers():
+    pool = WorkerPool()
+    try:
+        first = dict(run_supervised(_task, [("ok", 0), ("ok", 1)], 1, pool=pool, initializer=_init))
+        pids = {pid for _, pid in first.values()}
+        assert len(pids) == 1 and _children() == list(pids)  # kept, idle, between the calls
+        second = dict(run_supervised(_task, [("ok", 2), ("kill", 0), ("ok", 3)], 1, pool=pool, initializer=_init))
+        assert second[0] == (2, *pids)  # the same process, no new fork
+        assert isinstance(second[1], TaskFailure) and second[1].reason == "worker_died"
+        assert second[2][1] not in pids  # a fresh worker replaced the killed one, and is kept
+        assert _children() == [second[2][1]]
+        assert dict(run_supervised(_read_init, [0], 1, pool=pool, initializer=_init)) == {0: "yes"}
+        third = dict(run_supervised(_task, [("ok", 4)], 1, pool=pool, initializer=_other_init))
+        assert third[0][1] != second[2][1]  # another initializer: other workers
+    finally:
+        pool.close()
+    assert not _children()
+
+
+def _other_init():
+    """An initializer that does nothing (another object than `_init`)."""

@@ -9,7 +9,9 @@ from pemt_pipeline.features.export import FeatureStore
 
 class FeatureStoreDataset(_FolderStoreDataset):
     """Exported features of every stream, per clip and per video; loads a `FeatureStore`. Args: path
-    (the folder, which `features.output_dir` must name)."""
+    (the folder, which `features.output_dir` must name; or an fsspec URL with local_dir, that folder:
+    see `folder_store`), credentials (storage options of a URL)."""
 
     store_class = FeatureStore
     producer = "features"
+    remote = "mirror"

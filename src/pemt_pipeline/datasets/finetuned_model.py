@@ -11,7 +11,8 @@ class FinetunedModelDataset(ModelFileDataset):
     saves one atomically. The same file also loads as a plain model (`PEMTModelDataset`).
 
     Args:
-        filepath: the .pt file.
+        filepath: the .pt file (local or an fsspec URL).
+        credentials: storage options of a URL.
     """
 
     PRODUCER = "finetune"
@@ -20,4 +21,4 @@ class FinetunedModelDataset(ModelFileDataset):
         return load_finetuned(self._existing())
 
     def save(self, data: FinetunedModel) -> None:
-        save_finetuned(data, self._filepath)
+        self._write(save_finetuned, data)

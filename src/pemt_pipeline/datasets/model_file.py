@@ -1,4 +1,10 @@
-"""Model files and the training checkpoint as Kedro datasets (weights-only torch files)."""
+"""Model files and the training checkpoint as Kedro datasets (weights-only torch files).
+
+A model file may be an fsspec URL (`pemt_pipeline.storage`): it is saved to a local temporary file,
+then uploaded whole; loading reads its copy in the local read cache. Storage options: `credentials`
+(Kedro's credentials entry named in the catalog), else the entry ``object_storage`` for every URL
+(`pemt_pipeline.hooks.ObjectStorage`). The training loop writes its checkpoints itself: they stay local.
+"""
 
 from __future__ import annotations
 
@@ -11,33 +17,59 @@ from kedro.io import AbstractDataset, DatasetError
 
 import yaml
 
+from pemt_pipeline import storage
 from pemt_pipeline.models import TrainedModel, load_state, load_trained, save_trained
 from pemt_pipeline.models.authors import AuthorsCheckpoint, parse_checkpoint
 from pemt_pipeline.training.checkpoint import load_checkpoint
 
 
+def _url_or_path(filepath: str | None, what: str) -> Path | str | None:
+    storage.refuse_userinfo(filepath, what)
+    return None if not filepath else filepath if storage.is_url(filepath) else Path(filepath)
+
+
+def _is_file(path: Path | str, options: dict[str, Any]) -> bool:
+    if isinstance(path, Path):
+        return path.is_file()
+    try:
+        return storage.info(path, options).get("type") == "file"
+    except FileNotFoundError:
+        return False
+
+
 class ModelFileDataset(AbstractDataset):
-    """One local torch file (`filepath`) that a pipeline writes: `PRODUCER` names it in the error a
-    load of a missing file raises."""
+    """One torch file (`filepath`, local or an fsspec URL) that a pipeline writes: `PRODUCER` names
+    it in the error a load of a missing file raises; `credentials`: storage options of a URL."""
 
     PRODUCER = "training"
 
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
-        self._filepath = Path(filepath)
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None,
+                 credentials: dict[str, Any] | None = None):
+        self._filepath = _url_or_path(filepath, "model file")
+        self._options = dict(credentials or {})
         self.metadata = metadata
 
     def _existing(self) -> Path:
-        """The file; a DatasetError naming the pipeline to run when it does not exist."""
-        if not self._filepath.is_file():
-            raise DatasetError(f"{str(self._filepath)!r} does not exist: run `kedro run --pipelines {self.PRODUCER}` "
-                               "first")
-        return self._filepath
+        """The local file to read (a URL's cached copy); a DatasetError naming the pipeline to run
+        when it does not exist."""
+        if not _is_file(self._filepath, self._options):
+            raise DatasetError(f"{storage.redact(self._filepath)!r} does not exist: run `kedro run --pipelines "
+                               f"{self.PRODUCER}` first")
+        return storage.local_copy(self._filepath, self._options)
+
+    def _write(self, save, data) -> None:
+        """`save(data, path)` to the file (a URL: into a local temporary file, uploaded whole)."""
+        if isinstance(self._filepath, Path):
+            save(data, self._filepath)
+            return
+        with storage.writing(self._filepath, self._options, suffix=".pt") as tmp:
+            save(data, tmp)
 
     def _exists(self) -> bool:
-        return self._filepath.is_file()
+        return _is_file(self._filepath, self._options)
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
+        return {"filepath": storage.redact(self._filepath)}
 
 
 class PEMTModelDataset(ModelFileDataset):
@@ -46,14 +78,15 @@ class PEMTModelDataset(ModelFileDataset):
     atomically (a pruned model with its architecture).
 
     Args:
-        filepath: the .pt file.
+        filepath: the .pt file (local or an fsspec URL).
+        credentials: storage options of a URL.
     """
 
     def load(self) -> TrainedModel:
         return load_trained(self._existing())
 
     def save(self, data: TrainedModel) -> None:
-        save_trained(data, self._filepath)
+        self._write(save_trained, data)
 
 
 @dataclass
@@ -86,7 +119,7 @@ class TrainingCheckpointDataset(ModelFileDataset):
         return TrainingCheckpoint(self._existing())
 
     def save(self, data: str | Path) -> None:
-        if Path(data).resolve() != self._filepath.resolve():
+        if isinstance(self._filepath, str) or Path(data).resolve() != self._filepath.resolve():
             raise DatasetError(f"training wrote its checkpoint to {str(data)!r}, but this dataset is "
                                f"{str(self._filepath)!r}: training.checkpoint_dir and the catalog disagree")
         if not self._filepath.is_file():
@@ -106,37 +139,43 @@ class AuthorsCheckpointDataset(AbstractDataset[None, AuthorsCheckpointFile]):
     optionally, the authors' YAML config it was trained with. Read only.
 
     Args:
-        filepath: the checkpoint; None (no `--params import.path=...`) fails with a message saying so.
+        filepath: the checkpoint (local or an fsspec URL); None (no `--params import.path=...`) fails
+            with a message saying so.
         config_filepath: the authors' config YAML (layers, heads, dropout); None: the model parameters.
+        credentials: storage options of URLs.
     """
 
     def __init__(self, filepath: str | None = None, config_filepath: str | None = None,
-                 metadata: dict[str, Any] | None = None):
-        self._filepath = Path(filepath) if filepath else None
-        self._config = Path(config_filepath) if config_filepath else None
+                 metadata: dict[str, Any] | None = None, credentials: dict[str, Any] | None = None):
+        self._filepath = _url_or_path(filepath, "import.path")
+        self._config = _url_or_path(config_filepath, "import.authors_config")
+        self._options = dict(credentials or {})
         self.metadata = metadata
 
     def load(self) -> AuthorsCheckpointFile:
         if self._filepath is None:
             raise DatasetError("no checkpoint to import: run with --params import.path=/path/to/checkpoint.pyth "
                                "(and optionally import.authors_config=/path/to/their_config.yaml)")
-        ckpt = parse_checkpoint(load_state(self._filepath, "authors' checkpoint"), str(self._filepath))
+        if isinstance(self._filepath, str) and not _is_file(self._filepath, self._options):
+            raise DatasetError(f"authors' checkpoint {self._filepath!r} does not exist")
+        ckpt = parse_checkpoint(load_state(storage.local_copy(self._filepath, self._options), "authors' checkpoint"),
+                                storage.redact(self._filepath))
         config = None
         if self._config is not None:
-            if not self._config.is_file():
-                raise DatasetError(f"import.authors_config {str(self._config)!r} does not exist")
-            config = yaml.safe_load(self._config.read_text())
+            if not _is_file(self._config, self._options):
+                raise DatasetError(f"import.authors_config {storage.redact(self._config)!r} does not exist")
+            config = yaml.safe_load(storage.local_copy(self._config, self._options).read_text())
             if not isinstance(config, dict):
-                raise DatasetError(f"import.authors_config {str(self._config)!r} is not a YAML mapping")
+                raise DatasetError(f"import.authors_config {storage.redact(self._config)!r} is not a YAML mapping")
         return AuthorsCheckpointFile(ckpt, config)
 
     def save(self, data: None) -> None:
         raise DatasetError("the authors' checkpoint is read only")
 
     def _exists(self) -> bool:
-        return self._filepath is not None and self._filepath.is_file()
+        return self._filepath is not None and _is_file(self._filepath, self._options)
 
     def _describe(self) -> dict[str, Any]:
         # no filepath (no --params import.path): the run's missing-input check leaves it to load()'s message
-        return {"filepath": str(self._filepath) if self._filepath else None,
-                "config_filepath": str(self._config) if self._config else None}
+        return {"filepath": storage.redact(self._filepath) if self._filepath else None,
+                "config_filepath": storage.redact(self._config) if self._config else None}

@@ -29,7 +29,8 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.transforms.v2 import functional as TF
 
 from pemt_pipeline.configs import above, at_least, between, from_params, require
-from pemt_pipeline.media.shards import ShardReader
+from pemt_pipeline import storage
+from pemt_pipeline.media.shards import ShardReader, missing_shards
 
 from .transforms import VIDEO_MEAN, VIDEO_STD, center_crop_clips, normalize
 
@@ -145,13 +146,14 @@ class ShardClipDataset(Dataset):
     the real clips of each video in manifest order). Pass the clip table's ids when the embedding
     store was built from a larger manifest than this one.
     Call `set_epoch(epoch)` before each epoch (with persistent DataLoader workers the workers keep
-    their copy of the dataset, so do not use them).
+    their copy of the dataset, so do not use them). Shards at fsspec URLs are read through the
+    bounded local read cache (`pemt_pipeline.storage.local_copy`, in the DataLoader workers).
     """
 
     def __init__(self, manifest: pd.DataFrame, augment: AugmentConfig, train: bool,
                  clip_ids: np.ndarray | None = None, seed: int = 0):
-        self.paths = [Path(p) for p in manifest["shard_path"]]
-        missing = [str(p) for p in self.paths if not p.is_file()]
+        self.paths = [p if storage.is_url(p) else Path(p) for p in manifest["shard_path"]]
+        missing = missing_shards(self.paths)
         if missing:
             raise FileNotFoundError(f"{len(missing)} shard(s) of the manifest are missing, e.g. "
                                     f"{missing[0]!r}: run the ingestion pipeline again")
@@ -176,7 +178,7 @@ class ShardClipDataset(Dataset):
         clip_mask = torch.from_numpy(shard["clip_mask"].astype(bool))  # [T]
         n_real = int(clip_mask.sum())
         if n_real != self.n_clips[i]:
-            raise ValueError(f"shard {str(self.paths[i])!r} has {n_real} real clips, the manifest "
+            raise ValueError(f"shard {storage.redact(self.paths[i])!r} has {n_real} real clips, the manifest "
                              f"says {self.n_clips[i]}: run the ingestion pipeline again")
         log_mel = torch.from_numpy(np.ascontiguousarray(shard["log_mel"], dtype=np.float32))
         cfg = self.augment

@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 from pemt_pipeline.features.dataset import (SHARD_TENSORS, AugmentConfig, ShardClipDataset, augment_clip,
                                             make_generator)
 from pemt_pipeline.features.transforms import center_crop_box
-from pemt_pipeline.media.shards import ShardReader
+from pemt_pipeline import storage
+from pemt_pipeline.media.shards import ShardReader, missing_shards
 from pemt_pipeline.training.loop import videos_fingerprint
 
 
@@ -84,9 +85,9 @@ def select_clips(clip_mask: np.ndarray, n_clips: int | None) -> np.ndarray:
     return keep
 
 
-def _check_shards(manifest: pd.DataFrame) -> list[Path]:
-    paths = [Path(p) for p in manifest["shard_path"]]
-    missing = [str(p) for p in paths if not p.is_file()]
+def _check_shards(manifest: pd.DataFrame) -> list[Path | str]:
+    paths = [p if storage.is_url(p) else Path(p) for p in manifest["shard_path"]]
+    missing = missing_shards(paths)
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) of the manifest are missing, e.g. {missing[0]!r}: "
                                 "run the ingestion pipeline again")

@@ -56,6 +56,11 @@ as listed); path (absolute; NA on an ``outside_source`` row); label; split; reje
 ``outside_source``: ingestion must reject the row with this reason and `reject_detail`, without opening
 anything); reject_detail (NA, or why, for the rejects table). path, label and the reject columns have
 the pandas ``string`` dtype (missing: ``pd.NA``).
+
+A remote folder (an fsspec URL, `pemt_pipeline.storage`) is indexed by listing it (one request per
+page, nothing downloaded); ``path`` is then each file's URL. Object stores have no symbolic links,
+so only the lexical ``outside_source`` rule applies; a labels CSV (given, or ``labels.csv`` at the top)
+is read through fsspec; the ``ucf101`` layout needs its lists in a local `split_lists_dir`.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from pemt_pipeline import storage
 from pemt_pipeline.configs import NON_EMPTY, at_least, one_of, optional, require
 
 logger = logging.getLogger(__name__)
@@ -250,6 +256,28 @@ def find_media(
                 continue  # searched where it is / a loop
             stack.append((entry.path, rel + "/", real, ancestors | {real}))
     return sorted(found)
+
+
+def find_remote_media(root: str, extensions: tuple[str, ...] | None = DEFAULT_EXTENSIONS) -> list[str]:
+    """`find_media` for a remote folder (a URL): relative POSIX paths of its media files, sorted,
+    from one recursive listing; hidden names (any part starting with ``.``) skipped."""
+    wanted = None if extensions is None else {e.lower().lstrip(".") for e in extensions}
+    try:
+        names = storage.listing(root, recursive=True)
+    except OSError as exc:
+        raise FileNotFoundError(f"video folder {storage.redact(root)!r} cannot be listed ({type(exc).__name__})") \
+            from None
+    return [rel for rel in names if not any(part.startswith(".") for part in rel.split("/"))
+            and (wanted is None or PurePosixPath(rel).suffix.lower().lstrip(".") in wanted)]
+
+
+def _is_file(path: str | os.PathLike) -> bool:
+    if not storage.is_url(path):
+        return Path(path).is_file()
+    try:
+        return storage.info(path).get("type") == "file"
+    except OSError:
+        return False
 
 
 # --- labels CSV ------------------------------------------------------------------------------------
@@ -514,17 +542,18 @@ def resolve_layout(source: VideoSource, layout: LabelLayout, files: list[str]) -
     """The layout that applies (``auto`` resolved, see the module docstring) and the labels CSV or
     split list folder it reads (None for class_folders and none). ValueError when an explicit
     layout lacks its file."""
-    root = Path(source.root)
+    remote = storage.is_url(source.root)
+    root = str(source.root).rstrip("/") if remote else Path(source.root)
     csv_path = source.labels_csv
-    if csv_path is None and (root / "labels.csv").is_file():
-        csv_path = root / "labels.csv"
+    if csv_path is None and _is_file(storage.join(root, "labels.csv")):
+        csv_path = storage.join(root, "labels.csv")
     name = layout.layout
     if name == "auto":
         if csv_path is not None:
             columns = _csv_columns(csv_path)
             kinetics = "youtube_id" in columns and not set(LABEL_PATH_COLUMNS) & set(columns)
             return ("kinetics" if kinetics else "labels_csv"), csv_path
-        lists = find_split_lists(root.resolve(), layout)
+        lists = _split_lists(root, layout)
         if lists is not None:
             return "ucf101", lists
         one_deep = bool(files) and all(len(Path(p).parts) == 2 for p in files)
@@ -535,8 +564,11 @@ def resolve_layout(source: VideoSource, layout: LabelLayout, files: list[str]) -
                              f"or put labels.csv in the video folder {str(root)!r}")
         return name, csv_path
     if name == "ucf101":
-        lists = find_split_lists(root.resolve(), layout)
+        lists = _split_lists(root, layout)
         if lists is None:
+            if remote and layout.split_lists_dir is None:
+                raise ValueError(f"ingestion.layout is ucf101 and the video folder {storage.redact(root)!r} is remote: "
+                                 "set ingestion.split_lists_dir to a local folder of the split lists")
             looked = ([layout.split_lists_dir] if layout.split_lists_dir is not None else
                       [str(root), str(root / UCF101_LIST_FOLDER), str(root.parent / UCF101_LIST_FOLDER)])
             raise FileNotFoundError(f"ingestion.layout is ucf101 but trainlist{layout.ucf101_split:02d}.txt is "
@@ -545,11 +577,18 @@ def resolve_layout(source: VideoSource, layout: LabelLayout, files: list[str]) -
     return name, None
 
 
+def _split_lists(root: Path | str, layout: LabelLayout) -> Path | None:
+    """`find_split_lists`; for a remote folder only `split_lists_dir` (local) is looked at."""
+    if not isinstance(root, str):
+        return find_split_lists(root.resolve(), layout)
+    return find_split_lists(Path("."), layout) if layout.split_lists_dir is not None else None
+
+
 def layout_labels(source: VideoSource, layout: LabelLayout, files: list[str]) -> tuple[str, list[str], list, list]:
     """(the layout applied, relative paths of the index, their labels, their splits; None: none)."""
     name, where = resolve_layout(source, layout, files)
     if name == "labels_csv":
-        labels = read_labels(where, source.root).set_index("path")
+        labels = read_labels(where, None if storage.is_url(source.root) else source.root).set_index("path")
     elif name == "kinetics":
         labels = kinetics_labels(where, files).set_index("path")
     elif name == "ucf101":
@@ -567,7 +606,7 @@ def layout_labels(source: VideoSource, layout: LabelLayout, files: list[str]) ->
 
 def _no_media_error(source: VideoSource, extensions: tuple[str, ...] | None) -> ValueError:
     what = "any file" if extensions is None else f"a file with one of the extensions {list(extensions)}"
-    return ValueError(f"no media files to ingest: the video folder {str(source.root)!r} has none (searched "
+    return ValueError(f"no media files to ingest: the video folder {storage.redact(source.root)!r} has none (searched "
                       f"recursively for {what}, hidden names skipped; check ingestion.source_dir and "
                       "ingestion.extensions)")
 
@@ -586,16 +625,23 @@ def build_index(
 
     Raises FileNotFoundError when the folder (or an explicit layout's list) is missing, ValueError
     when it holds no media file and no labels list names any, or when the labels are invalid."""
-    root = Path(source.root).resolve()
-    files = find_media(root, extensions, follow_symlinks=follow_symlinks)
+    remote = storage.is_url(source.root)
+    if remote:
+        storage.refuse_userinfo(source.root, "ingestion.source_dir")
+        root = str(source.root).rstrip("/")
+        files = find_remote_media(root, extensions)
+    else:
+        root = Path(source.root).resolve()
+        files = find_media(root, extensions, follow_symlinks=follow_symlinks)
     applied, relpaths, label, split = layout_labels(source, layout, files)
-    logger.info("labels of %s: layout %s, %d of %d video(s) labelled", str(source.root), applied,
+    logger.info("labels of %s: layout %s, %d of %d video(s) labelled", storage.redact(source.root), applied,
                 sum(isinstance(v, str) for v in label), len(relpaths))
     if not relpaths:
         raise _no_media_error(source, extensions)
     split = [s if isinstance(s, str) else hash_split(p, test_fraction, split_seed) for p, s in zip(relpaths, split)]
-    detail = [outside_detail(root, p, follow_symlinks) for p in relpaths]
-    path = [None if d else str(root / p) for p, d in zip(relpaths, detail)]
+    detail = [(ESCAPES_DETAIL if _escapes(p) else None) if remote else outside_detail(root, p, follow_symlinks)
+              for p in relpaths]
+    path = [None if d else str(storage.join(root, p)) for p, d in zip(relpaths, detail)]
     return pd.DataFrame(
         {
             "video_id": [video_id(p) for p in relpaths],

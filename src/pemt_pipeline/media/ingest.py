@@ -38,6 +38,12 @@ by more than `max_timestamp_gap_s` ends the video there (broken timestamps are n
 memory limit. Re-runs compare a cheap fingerprint (size, modification time, sampled bytes) first;
 the full content hash is read only after FFmpeg has opened the file, and only when the fingerprint
 changed or the video is new.
+
+Object storage (`pemt_pipeline.storage`): the videos and the shard folder may be fsspec URLs. A
+remote video's fingerprint is its object version (size and ETag: no byte is read to skip it); when
+it must be decoded, its worker downloads it to a temporary file (`_download_dir`), hashes and
+decodes that, then deletes it. A shard for a remote folder is built locally and uploaded whole; the
+driver records it in the manifest afterwards (the manifest, written last, names only whole shards).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +66,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from pemt_pipeline import storage
 from pemt_pipeline.atomic import WriteError
 from pemt_pipeline.configs import between, from_params, one_of, require
 from pemt_pipeline.kill_points import KILL_AFTER_SHARDS, kill_at, kill_point
@@ -84,6 +92,7 @@ from pemt_pipeline.media.decode import (
 from pemt_pipeline.media.folder import DEFAULT_EXTENSIONS, LabelLayout
 from pemt_pipeline.media.clip_codecs import CODECS, H264_PRESETS, ClipCodec
 from pemt_pipeline.media.shards import SHARD_SUFFIX, encode_frames, read_metadata, remove_stale_temporaries, write_shard
+from pemt_pipeline.media.dask_executor import cluster_threads, dask_client, run_on_dask
 from pemt_pipeline.media.workers import TaskFailure, run_supervised
 
 logger = logging.getLogger(__name__)
@@ -91,6 +100,7 @@ logger = logging.getLogger(__name__)
 # Bump when a change to this library changes what a shard holds, so old shards are rebuilt.
 INGEST_VERSION = 3
 MISSING_AUDIO_POLICIES = ("reject", "silence")
+EXECUTORS = ("processes", "dask")  # the local supervised pool | a Dask cluster (media.dask_executor)
 REJECT_COLUMNS = ("video_id", "source_path", "reason", "detail")
 
 
@@ -142,13 +152,16 @@ class IngestConfig:
     split_lists_dir: str | None = None
     prune_stale_shards: bool = True
     progress: bool = True
+    executor: str = "processes"  # where files are ingested: these two do not change shards either
+    dask_scheduler: str | None = None
 
     # Keys of the `ingestion` parameters that the catalog uses (runtime parameters), not this config.
     CATALOG_KEYS = ("source_dir", "labels_csv")
     RUN_FIELDS = ("shard_dir", "workers", "decoder_threads", "extensions", "test_fraction", "split_seed",
                   "prune_stale_shards", "progress", "max_pixels", "max_duration_s", "min_sample_rate",
                   "max_sample_rate", "max_audio_channels", "seek_gap_s", "file_timeout_s", "worker_memory_mb",
-                  "follow_symlinks", "layout", "ucf101_split", "split_lists_dir")
+                  "follow_symlinks", "layout", "ucf101_split", "split_lists_dir", "executor",
+                  "dask_scheduler")
 
     CODEC_FIELDS = ("frame_codec", "h264_crf", "h264_preset", "jpeg_quality")  # hashed as `codec.settings()`
 
@@ -190,6 +203,11 @@ class IngestConfig:
         require("ingestion", self, frame_codec=one_of(CODECS), h264_crf=between(0, 51),
                 h264_preset=one_of(H264_PRESETS), jpeg_quality=between(1, 100))
         self.label_layout.validate()
+        require("ingestion", self, executor=one_of(EXECUTORS))
+        if self.dask_scheduler is not None and (self.executor != "dask" or not self.dask_scheduler.strip()):
+            raise ValueError("ingestion.dask_scheduler must be a scheduler address (tcp://host:8786) used with "
+                             f"ingestion.executor: dask, or null; got {self.dask_scheduler!r} with executor "
+                             f"{self.executor!r}")
 
     @property
     def label_layout(self) -> LabelLayout:
@@ -214,8 +232,9 @@ class IngestConfig:
         blob = json.dumps({"version": INGEST_VERSION, "codec": self.codec.settings(), **content}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def shard_path(self, video_id: str) -> Path:
-        return Path(self.shard_dir) / f"{video_id}{SHARD_SUFFIX}"
+    def shard_path(self, video_id: str) -> Path | str:
+        """The shard's path (a URL string when `shard_dir` is a URL)."""
+        return storage.join(self.shard_dir, f"{video_id}{SHARD_SUFFIX}")
 
 
 FINGERPRINT_BLOCK = 1 << 16
@@ -426,6 +445,43 @@ def _ingest_media(path: Path, cfg: IngestConfig) -> tuple[dict[str, np.ndarray],
     return tensors, record
 
 
+def _download_dir(cfg: IngestConfig) -> Path:
+    """Where the workers of an ingestion into `cfg.shard_dir` download remote videos (one folder
+    per shard folder, under the read cache: the shard folder's lock makes it this run's alone)."""
+    key = hashlib.sha256(str(cfg.shard_dir).encode()).hexdigest()[:16]
+    return storage.cache_config().root / "downloads" / key
+
+
+def _object_stamp(url: str) -> str:
+    """The fingerprint of a remote video, from its metadata (one request; no byte read): raises
+    the MediaError of a missing, unreadable, folder-like or empty object."""
+    try:
+        description = storage.info(url)
+    except FileNotFoundError:
+        raise MediaError("missing_file", "listed in the labels but not in the object store") from None
+    except PermissionError:
+        raise MediaError("unreadable", f"permission denied (check the credentials entry {storage.CREDENTIALS_KEY!r})") \
+            from None
+    except OSError as exc:
+        raise MediaError("unreadable", f"its metadata cannot be read ({type(exc).__name__})") from None
+    if description.get("type") == "directory":
+        raise MediaError("is_directory", "a folder named like a media file")
+    if not description.get("size"):
+        raise MediaError("empty_file", "zero bytes")
+    return "object:" + storage.version(description)
+
+
+def _download(url: str, cfg: IngestConfig) -> Path:
+    """A remote video downloaded to a temporary file of `_download_dir` (the caller deletes it; a
+    killed worker's is deleted by the next run); a failed download is the video's `unreadable`."""
+    try:
+        return storage.download(url, _download_dir(cfg))
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise MediaError("unreadable", f"the download failed ({exc.strerror or type(exc).__name__})") from None
+
+
 def _reject(row: dict[str, Any], code: str, detail: str) -> tuple[str, dict[str, Any]]:
     return "rejected", {"video_id": row["video_id"], "source_path": row["source_path"], "reason": code,
                         "detail": detail}
@@ -439,29 +495,39 @@ def _skip_if_current(meta: dict[str, str] | None, labels: dict[str, Any], cfg: I
 
 
 def ingest_video(row: dict[str, Any], cfg: IngestConfig) -> tuple[str, dict[str, Any]]:
-    """Ingest one video of the index. Returns ("accepted" | "skipped", manifest row) or ("rejected", reject row)."""
-    vid, path = row["video_id"], Path(row["path"]) if row.get("path") else None
+    """Ingest one video of the index. Returns ("accepted" | "skipped", manifest row) or ("rejected", reject row).
+    A remote video (a URL) is downloaded to a temporary file only when it must be hashed or decoded."""
+    vid, path = row["video_id"], row.get("path") or None
+    remote = storage.is_url(path)
+    path = path if remote or path is None else Path(path)
     labels = {"video_id": vid, "source_path": row["source_path"], "label": row.get("label"), "split": row.get("split")}
+    local = path
     try:
         if row.get("reject_reason"):
             return _reject(row, row["reject_reason"], row.get("reject_detail") or "")
-        check_file(path)
+        if not remote:
+            check_file(path)
         shard = cfg.shard_path(vid)
         meta = read_metadata(shard)
         current = meta is not None and meta.get("params_hash") == cfg.params_hash
-        stamp = fingerprint(path)
+        stamp = _object_stamp(path) if remote else fingerprint(path)
         if current and meta.get("fingerprint") == stamp:
             return _skip_if_current(meta, labels, cfg)
-        digest = None
-        if current:  # touched, or changed: FFmpeg looks at it first, then the contents decide
-            open_container(path).close()
-            digest = content_hash(path)
-            if digest == meta.get("content_hash"):
-                return _skip_if_current(meta, labels, cfg)
-        tensors, media = _ingest_media(path, cfg)
-        digest = digest or content_hash(path)  # a changed file is read in full once, not twice
+        local = _download(path, cfg) if remote else path
+        try:
+            digest = None
+            if current:  # touched, or changed: FFmpeg looks at it first, then the contents decide
+                open_container(local).close()
+                digest = content_hash(local)
+                if digest == meta.get("content_hash"):
+                    return _skip_if_current(meta, labels, cfg)
+            tensors, media = _ingest_media(local, cfg)
+            digest = digest or content_hash(local)  # a changed file is read in full once, not twice
+        finally:
+            if remote:
+                local.unlink(missing_ok=True)
         record = {**labels, "content_hash": digest, **media, "clips_per_video": cfg.clips_per_video,
-                  "shard_path": shard.as_posix(), "params_hash": cfg.params_hash}
+                  "shard_path": shard if isinstance(shard, str) else shard.as_posix(), "params_hash": cfg.params_hash}
         frame_shape = tensors["frames"].shape[:4]
         stored = encode_frames(tensors, cfg.codec)
         record["frame_codec"] = cfg.frame_codec
@@ -473,7 +539,9 @@ def ingest_video(row: dict[str, Any], cfg: IngestConfig) -> tuple[str, dict[str,
                     codec=cfg.codec, frame_shape=frame_shape)
         return "accepted", record
     except MediaError as exc:
-        return _reject(row, exc.code, exc.detail)
+        # a downloaded video's detail names the object, not the temporary file
+        detail = exc.detail.replace(str(local), storage.redact(path)) if remote else exc.detail
+        return _reject(row, exc.code, detail)
     except WriteError as exc:  # a full disk is not the video's fault: the run stops (see _ingest_rows)
         return "write_error", {"error": exc}
     except Exception as exc:  # noqa: BLE001 - one bad video must not stop the run
@@ -488,19 +556,32 @@ def _init_worker() -> None:
 
 
 def _ingest_rows(index: pd.DataFrame, cfg: IngestConfig) -> list[tuple[str, dict]]:
-    """`ingest_video` over the index's rows in supervised workers, longest file first."""
+    """`ingest_video` over the index's rows in supervised workers (local processes, or subprocesses of
+    Dask workers with `executor: dask`), longest file first."""
     remove_stale_temporaries(cfg.shard_dir)
     rows = index.to_dict("records")
     rows.sort(key=lambda r: os.path.getsize(r["path"]) if r.get("path") and os.path.isfile(r["path"]) else 0,
               reverse=True)  # so that no worker is left with a long video at the end
-    workers = _worker_count(cfg, len(rows))
+    task = functools.partial(ingest_video, cfg=cfg)
+    limits = {"timeout_s": cfg.file_timeout_s, "memory_limit_mb": cfg.worker_memory_mb, "initializer": _init_worker}
     results: list[tuple[str, dict]] = []
-    bar = tqdm(total=len(rows), desc=f"ingesting ({workers} worker{'s' if workers > 1 else ''})", unit="video",
-               disable=not cfg.progress)
-    run = run_supervised(functools.partial(ingest_video, cfg=cfg), rows, workers, timeout_s=cfg.file_timeout_s,
-                         memory_limit_mb=cfg.worker_memory_mb, initializer=_init_worker)
     kill_after, written = kill_point(KILL_AFTER_SHARDS), 0  # test-only (pemt_pipeline.kill_points)
-    with contextlib.closing(run), bar:
+    with contextlib.ExitStack() as stack:
+        if cfg.executor == "dask":  # batches of files in supervised subprocesses of the Dask workers
+            client = stack.enter_context(dask_client(cfg.dask_scheduler, _worker_count(cfg, len(rows)),
+                                                     "ingestion.dask_scheduler"))
+            threads = cluster_threads(client)
+            where = f"dask, {threads} thread{'s' if threads > 1 else ''}"
+            seen = [cfg.shard_dir, *(r["path"] for r in rows[:1] if r.get("path"))]  # every worker must see
+            run = run_on_dask(client, task, rows, shared_paths=seen, **limits)
+        else:
+            workers = _worker_count(cfg, len(rows))
+            where = f"{workers} worker{'s' if workers > 1 else ''}"
+            run = run_supervised(task, rows, workers, **limits)
+        stack.enter_context(contextlib.closing(run))
+        logger.info("ingesting %d file(s) into %s (%s)", len(rows), storage.redact(cfg.shard_dir), where)
+        bar = stack.enter_context(tqdm(total=len(rows), desc=f"ingesting ({where})", unit="video",
+                                       disable=not cfg.progress))
         for i, result in run:
             if isinstance(result, TaskFailure):
                 result = _failure_reject(rows[i], result)
@@ -536,13 +617,23 @@ def ingest_all(index: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame, pd
     """
     if index.empty:
         raise ValueError("no media files to ingest: the video index is empty")
-    shard_dir = Path(cfg.shard_dir)
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    storage.refuse_userinfo(cfg.shard_dir, "ingestion.shard_dir")
+    remote = storage.is_url(cfg.shard_dir)
+    shard_dir = cfg.shard_dir if remote else Path(cfg.shard_dir)
+    storage.makedirs(shard_dir)
+    downloads = _download_dir(cfg)
     # One ingestion at a time per shard folder: a second run waits (PEMT_LOCK_WAIT_S) or stops, so
-    # that no run prunes the shards another is writing.
-    with exclusive(shard_dir.with_name(shard_dir.name + ".lock"), f"the shard folder {str(shard_dir)!r}",
+    # that no run prunes the shards another is writing (a remote folder: per machine, a lock file
+    # beside the downloads folder).
+    lock = downloads.with_name(downloads.name + ".lock") if remote else shard_dir.with_name(shard_dir.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(lock, f"the shard folder {storage.redact(shard_dir)!r}",
                    wait_seconds(), hint=f"set {WAIT_ENV}=<seconds> to wait for it"):
-        results = _ingest_rows(index, cfg)
+        shutil.rmtree(downloads, ignore_errors=True)  # what killed workers of an earlier run left
+        try:
+            results = _ingest_rows(index, cfg)
+        finally:
+            shutil.rmtree(downloads, ignore_errors=True)
         for status, rec in results:
             if status == "rejected":
                 logger.warning("rejected %s: %s (%s)", rec["source_path"], rec["reason"], rec["detail"])
@@ -552,7 +643,11 @@ def ingest_all(index: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame, pd
         rejects = rejects.sort_values("source_path", ignore_index=True)
         if cfg.prune_stale_shards:
             keep = {f"{v}{SHARD_SUFFIX}" for v in manifest.get("video_id", [])}
-            for shard in shard_dir.glob(f"*{SHARD_SUFFIX}"):
+            if remote:  # one listing, then a delete per stale shard
+                for name in storage.listing(shard_dir, SHARD_SUFFIX):
+                    if name not in keep:
+                        storage.remove(storage.join(shard_dir, name))
+            for shard in ([] if remote else shard_dir.glob(f"*{SHARD_SUFFIX}")):
                 if shard.name not in keep:
                     shard.unlink()
     counts = {s: sum(1 for status, _ in results if status == s) for s in ("accepted", "skipped", "rejected")}

@@ -15,12 +15,18 @@ Metadata (strings): ``format``, ``codec`` (JSON: name and settings), ``frame_sha
 manifest row as JSON), so a shard is self-describing and a resumed ingestion can rebuild its
 manifest row without decoding again. Reading clip t reads only its own bytes (safetensors slices a
 memory map). Shards of format ``pemt-shard/1`` (raw frames, before codecs) still load.
+
+A shard path may be an fsspec URL (`pemt_pipeline.storage`): a shard is then built in a local
+temporary file and uploaded whole; its metadata is read with ranged requests (the header only); a
+reader opens the local copy of the bounded read cache (`storage.local_copy`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +34,8 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from pemt_pipeline.atomic import atomic_path, remove_stale_temporaries  # noqa: F401 - the latter for ingest
+from pemt_pipeline import storage
+from pemt_pipeline.atomic import remove_stale_temporaries  # noqa: F401 - for ingest
 from pemt_pipeline.media.clip_codecs import CODECS, ClipCodec, decode_clip, decode_jpeg_on
 
 SHARD_FORMAT = "pemt-shard/2"
@@ -36,6 +43,7 @@ READABLE_FORMATS = ("pemt-shard/1", SHARD_FORMAT)
 SHARD_SUFFIX = ".safetensors"
 TENSOR_NAMES = ("frames", "log_mel", "clip_start", "frame_time", "clip_mask")
 RAW = ClipCodec("raw")
+HEADER_READ = 1 << 14  # the first request for a remote shard's header (about 2 kB with its record)
 
 
 class ShardError(ValueError):
@@ -54,10 +62,10 @@ def encode_frames(tensors: dict[str, np.ndarray], codec: ClipCodec) -> dict[str,
 
 def write_shard(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str],
                 codec: ClipCodec = RAW, frame_shape: tuple[int, ...] | None = None) -> int:
-    """Write atomically (`pemt_pipeline.atomic`: temporary file, fsync, rename); `tensors` hold raw
-    ``frames`` (encoded here with `codec`) or the output of `encode_frames` (then give `frame_shape`,
-    [T, F, H, W]). Returns the size in bytes."""
-    path = Path(path)
+    """Write atomically (`pemt_pipeline.atomic`: temporary file, fsync, rename; a URL: built
+    locally, then uploaded whole, `storage.writing`); `tensors` hold raw ``frames`` (encoded here with
+    `codec`) or the output of `encode_frames` (then give `frame_shape`, [T, F, H, W]). Returns the
+    size in bytes."""
     if "frames" in tensors:
         frame_shape = tensors["frames"].shape[:4]
     if frame_shape is None and "frame_data" in tensors:
@@ -66,19 +74,51 @@ def write_shard(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadat
     meta = {"format": SHARD_FORMAT, "codec": codec.metadata(), **metadata}
     if frame_shape is not None:
         meta["frame_shape"] = json.dumps([int(n) for n in frame_shape])
-    with atomic_path(path) as tmp:
+    with storage.writing(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in stored.items()}, str(tmp), metadata=meta)
-    return path.stat().st_size
+        size = tmp.stat().st_size
+    return size
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str] | None:
-    """The shard's metadata, or None if the file is missing or not a readable shard."""
+    """The shard's metadata, or None if the file is missing or not a readable shard. A remote shard's
+    header is read with one ranged request (two for a header over `HEADER_READ`), not the file."""
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
+        if storage.is_url(path):
+            meta = _remote_metadata(str(path))
+        else:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
     except Exception:  # noqa: BLE001 - OSError, or safetensors' own SafetensorError on a bad header
         return None
     return meta if meta.get("format") in READABLE_FORMATS else None
+
+
+def _remote_metadata(url: str) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header (u64 little-endian length, then JSON) read remotely."""
+    head = storage.read_range(url, 0, HEADER_READ)
+    (length,) = struct.unpack("<Q", head[:8])
+    if len(head) < 8 + length:
+        head = head[:8] + storage.read_range(url, 8, 8 + length)
+    return json.loads(head[8:8 + length]).get("__metadata__") or {}
+
+
+def missing_shards(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """The shards of `paths` that do not exist (as text, redacted): local ones checked one by one,
+    remote ones by one listing of each folder (no request per shard; the listing also tells the
+    read cache each shard's version, so reading one costs no metadata request)."""
+    missing, remote = [], {}
+    for path in paths:
+        if storage.is_url(path):
+            folder, _, name = str(path).rpartition("/")
+            remote.setdefault(folder, []).append((str(path), name))
+        elif not Path(path).is_file():
+            missing.append(str(path))
+    for folder, shards in remote.items():
+        present = storage.listing(folder, SHARD_SUFFIX)
+        storage.object_cache().note_listing(folder, present)
+        missing += [storage.redact(path) for path, name in shards if name not in present]
+    return missing
 
 
 def read_record(path: str | os.PathLike) -> dict | None:
@@ -90,33 +130,43 @@ class ShardReader:
     """One shard: its metadata is read once; `read` decodes the frames of the clips asked for.
 
     Cheap to build and to pickle (it holds the path and the metadata, no open file), so datasets
-    build one per item in DataLoader workers.
+    build one per item in DataLoader workers. A URL is read from its local copy in the bounded read
+    cache (`storage.local_copy`; fetched on first use, its version checked once per process).
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"shard {str(self.path)!r} does not exist: run the ingestion pipeline again")
+        self.path = path if storage.is_url(path) else Path(path)
+        self.name = storage.redact(self.path)  # for messages
+        if not storage.is_url(path) and not self.path.is_file():
+            raise FileNotFoundError(f"shard {self.name!r} does not exist: run the ingestion pipeline again")
         try:
-            with safe_open(str(self.path), framework="numpy") as f:
+            local = self._local()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"shard {self.name!r} does not exist: run the ingestion pipeline again") from None
+        try:
+            with safe_open(str(local), framework="numpy") as f:
                 meta, names = f.metadata() or {}, set(f.keys())
                 shape = f.get_slice("frames").get_shape() if "frames" in names else None
         except Exception as exc:  # noqa: BLE001 - safetensors' SafetensorError on a bad header
-            raise ShardError(f"{str(self.path)!r} is not a readable clip shard ({exc}): "
+            raise ShardError(f"{self.name!r} is not a readable clip shard ({exc}): "
                              "run the ingestion pipeline again") from None
         if meta.get("format") not in READABLE_FORMATS:
-            raise ShardError(f"{str(self.path)!r} has shard format {meta.get('format')!r}, this code reads "
+            raise ShardError(f"{self.name!r} has shard format {meta.get('format')!r}, this code reads "
                              f"{READABLE_FORMATS}: run the ingestion pipeline again to rebuild it")
         self.metadata = meta
         self.codec = json.loads(meta.get("codec", '{"name": "raw"}'))["name"]
         self.frame_shape = (tuple(json.loads(meta["frame_shape"])) if "frame_shape" in meta
                             else tuple(shape[:4]) if shape is not None else None)  # None: a shard without frames
         if self.codec not in CODECS or (self.codec != "raw" and "frame_data" not in names):
-            raise ShardError(f"{str(self.path)!r} holds frames of codec {self.codec!r} that this code cannot read: "
+            raise ShardError(f"{self.name!r} holds frames of codec {self.codec!r} that this code cannot read: "
                              "run the ingestion pipeline again")
 
     def __repr__(self) -> str:
-        return f"ShardReader({str(self.path)!r}, codec={self.codec!r}, frame_shape={self.frame_shape})"
+        return f"ShardReader({self.name!r}, codec={self.codec!r}, frame_shape={self.frame_shape})"
+
+    def _local(self) -> Path:
+        """The file to open: the shard itself, or its cached copy (fetched again if evicted)."""
+        return storage.local_copy(self.path) if isinstance(self.path, str) else self.path
 
     @property
     def n_clips(self) -> int:
@@ -126,7 +176,7 @@ class ShardReader:
         """Tensors by name, of clips `clips` only (None = all); ``frames`` is decoded, uint8 [n, F, H, W, 3]."""
         window = clips if clips is not None else slice(None)
         out = {}
-        with safe_open(str(self.path), framework="numpy") as f:
+        with safe_open(str(self._local()), framework="numpy") as f:
             for name in names:
                 if name == "frames" and self.codec != "raw":
                     out[name] = self._decode(f, window)
@@ -150,7 +200,7 @@ class ShardReader:
             try:
                 decode_clip(self.codec, data, offsets, H, W, out=frames[k])
             except Exception as exc:  # noqa: BLE001 - av / torchvision errors on damaged bytes
-                raise ShardError(f"clip {t} of {str(self.path)!r} cannot be decoded ({type(exc).__name__}: "
+                raise ShardError(f"clip {t} of {self.name!r} cannot be decoded ({type(exc).__name__}: "
                                  f"{exc}): the shard is damaged, run the ingestion pipeline again") from None
         return frames
 
@@ -162,7 +212,7 @@ class ShardReader:
         T, F, H, W = self.frame_shape
         if self.codec != "jpeg" or not len(range(*window.indices(T))):
             return torch.from_numpy(self.read(("frames",), window)["frames"]).to(device)
-        with safe_open(str(self.path), framework="numpy") as f:
+        with safe_open(str(self._local()), framework="numpy") as f:
             parts = list(self._clip_packets(f, window))
         data = np.concatenate([d for _, d, _ in parts])
         offsets = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(o) for _, _, o in parts]))])
@@ -176,18 +226,22 @@ def load_shard(path: str | os.PathLike, names: tuple[str, ...] = TENSOR_NAMES,
 
 
 class ShardStore:
-    """A folder of clip shards, read lazily (what the `clip_shards` catalog entry loads)."""
+    """A folder of clip shards, read lazily (what the `clip_shards` catalog entry loads); the folder
+    may be a URL (its shards are then read through the local read cache, see `ShardReader`)."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.root = root.rstrip("/") if storage.is_url(root) else Path(root)
 
     def __repr__(self) -> str:
-        return f"ShardStore({str(self.root)!r}, {len(self.video_ids())} shards)"
+        return f"ShardStore({storage.redact(self.root)!r}, {len(self.video_ids())} shards)"
 
-    def path(self, video_id: str) -> Path:
-        return self.root / f"{video_id}{SHARD_SUFFIX}"
+    def path(self, video_id: str) -> Path | str:
+        return storage.join(self.root, f"{video_id}{SHARD_SUFFIX}")
 
     def video_ids(self) -> list[str]:
+        """The shards' video ids (one listing request per page of a remote folder)."""
+        if isinstance(self.root, str):
+            return [name[: -len(SHARD_SUFFIX)] for name in storage.listing(self.root, SHARD_SUFFIX)]
         return sorted(p.name[: -len(SHARD_SUFFIX)] for p in self.root.glob(f"*{SHARD_SUFFIX}"))
 
     def reader(self, video_id: str) -> ShardReader:

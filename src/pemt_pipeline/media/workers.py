@@ -19,6 +19,11 @@ Rules:
 - A run always supervises in subprocesses, even with one worker and no limits: a segfault in
   native code (FFmpeg) or the out-of-memory killer then costs one item, not the run. To debug
   `fn` in-process (pdb, profilers), call it directly.
+- `pool=WorkerPool()` keeps the workers for the next call instead of stopping them: they are forked
+  once, take `initializer` once, and receive each item with `fn` pickled (``(fn, item)`` must then
+  be picklable); a worker that failed is replaced as always, and a call with another `initializer`
+  (another object) starts fresh ones. For callers that run many short batches (a Dask worker, `dask_executor`),
+  where a fork per batch and cold caches would cost as much as the items. `pool.close()` stops them.
 - Workers ignore SIGINT: on Ctrl-C the parent gets the KeyboardInterrupt and stops them. When the
   generator finishes, is closed (``close()``, `contextlib.closing`, garbage collection) or the
   parent raises, every worker is stopped and joined. A worker whose parent disappears sees its pipe
@@ -99,7 +104,8 @@ def _private_bytes(pid: int) -> int | None:
 
 
 def _serve(conn, parent_ends, fn, items, initializer) -> None:
-    """Worker loop: receive an index, send back ("ok" | "error", index, payload); None or EOF stops."""
+    """Worker loop: receive an index (of the inherited `items`, run with `fn`) or ``(index, fn,
+    item)`` (a `WorkerPool`'s), send back ("ok" | "error", index, payload); None or EOF stops."""
     for end in parent_ends:  # so that the pipes close when the parent goes away
         end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -118,7 +124,11 @@ def _serve(conn, parent_ends, fn, items, initializer) -> None:
         if index is None:
             return
         try:
-            message = ("ok", index, fn(items[index]))
+            if isinstance(index, tuple):
+                index, task, item = index
+                message = ("ok", index, task(item))
+            else:
+                message = ("ok", index, fn(items[index]))
         except Exception as exc:  # noqa: BLE001 - one item's error must not stop the worker
             message = ("error", index, f"{type(exc).__name__}: {exc}")
         try:
@@ -142,9 +152,10 @@ class _Worker:
         self.index: int | None = None
         self.started = 0.0
 
-    def give(self, index: int) -> bool:
+    def give(self, index: int, sent: tuple | None = None) -> bool:
+        """Hand over item `index` (`sent`: ``(fn, item)`` to pickle to a `WorkerPool`'s worker)."""
         try:
-            self.conn.send(index)
+            self.conn.send(index if sent is None else (index, *sent))
         except OSError:  # already dead: the sentinel says so on the next wait
             return False
         self.index, self.started = index, time.monotonic()
@@ -192,14 +203,46 @@ def _death(worker: _Worker) -> str:
     return f"the worker (pid {pid}) {what} after {worker.elapsed():.1f} s on this item"
 
 
+class WorkerPool:
+    """Worker processes kept between `run_supervised` calls (``pool=``; module docstring). Not
+    thread-safe: one call at a time. `close()` stops them (also when the pool is collected)."""
+
+    def __init__(self):
+        self.workers: list[_Worker] = []
+        self.initializer: Callable[[], None] | None = None
+
+    def take(self, initializer: Callable[[], None] | None, count: int) -> list[_Worker]:
+        """Up to `count` kept workers, for a call with `initializer` (another one: none are kept)."""
+        if initializer is not self.initializer:
+            self.close()
+            self.initializer = initializer
+        live = [w for w in self.workers if w.process.is_alive()]
+        _shutdown([w for w in self.workers if w not in live[:count]])
+        self.workers = []
+        return live[:count]
+
+    def keep(self, workers: list[_Worker]) -> None:
+        """Keep the idle live workers of a finished call; stop the rest."""
+        self.workers = [w for w in workers if w.index is None and w.process.is_alive()]
+        _shutdown([w for w in workers if w not in self.workers])
+
+    def close(self) -> None:
+        _shutdown(self.workers)
+        self.workers = []
+
+    def __del__(self):
+        self.close()
+
+
 def run_supervised(fn: Callable[[T], R], items: Sequence[T], workers: int, *, timeout_s: float = 0,
                    memory_limit_mb: float = 0, initializer: Callable[[], None] | None = None,
-                   poll_s: float = 0.05) -> Iterator[tuple[int, R | TaskFailure]]:
+                   poll_s: float = 0.05, pool: WorkerPool | None = None) -> Iterator[tuple[int, R | TaskFailure]]:
     """Yield ``(index of item, fn(item) or TaskFailure)`` as each item finishes, in completion order.
 
     `workers` processes (at most one per item) run `fn`; `timeout_s` and `memory_limit_mb` are per
     item / per worker limits (0: none); `initializer` runs once in each worker; `poll_s` is the
-    longest wait between two checks of the limits. See the module docstring for the rules.
+    longest wait between two checks of the limits; `pool` keeps the workers for the next call. See
+    the module docstring for the rules.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
@@ -212,15 +255,21 @@ def run_supervised(fn: Callable[[T], R], items: Sequence[T], workers: int, *, ti
         limit = 0
     context = multiprocessing.get_context("fork")
     pending = deque(range(len(items)))
-    pool: list[_Worker] = []
+    kept = pool
+    pool: list[_Worker] = kept.take(initializer, workers) if kept is not None else []
+
+    def give(w: _Worker, index: int) -> bool:
+        return w.give(index) if kept is None else w.give(index, (fn, items[index]))
+
     try:
         while pending or any(w.index is not None for w in pool):
             for w in pool:
-                if w.index is None and pending and w.give(pending[0]):
+                if w.index is None and pending and give(w, pending[0]):
                     pending.popleft()
             while pending and len(pool) < workers:
-                pool.append(_Worker(context, fn, items, initializer, pool))
-                if pool[-1].give(pending[0]):
+                pool.append(_Worker(context, None, None, initializer, pool) if kept is not None
+                            else _Worker(context, fn, items, initializer, pool))
+                if give(pool[-1], pending[0]):
                     pending.popleft()
 
             busy = [w for w in pool if w.index is not None]
@@ -267,7 +316,10 @@ def run_supervised(fn: Callable[[T], R], items: Sequence[T], workers: int, *, ti
                     w.kill()
                     yield w.index, failure
     finally:
-        _shutdown(pool)
+        if kept is not None:
+            kept.keep(pool)
+        else:
+            _shutdown(pool)
 
 
 def _shutdown(pool: list[_Worker], grace_s: float = 1.0) -> None:
