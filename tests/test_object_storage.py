@@ -268,7 +268,7 @@ def test_kedro_chain_on_dask_reads_and_writes_the_bucket_without_leaking_credent
 
     # A fresh process: its storage options come from credentials.yml alone (not this process's).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FSSPEC_", "PEMT_STORAGE_", "AWS_"))}
-    env.update(KEDRO_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1")
+    env.update(KEDRO_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1", COLUMNS="400")  # COLUMNS: rich wraps no line
     cmd = [sys.executable, "-m", "kedro", "run", "--env", "s3test",
            "--pipelines", "ingestion,embedding,negatives,training,evaluation", "--to-nodes", "summarise_evaluation",
            "--params", f"ingestion.source_dir={_url('demo')},ingestion.executor=dask"]  # a local Dask cluster

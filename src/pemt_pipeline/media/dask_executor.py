@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import logging
 import multiprocessing
 import os
 import pickle
@@ -75,14 +76,27 @@ def cluster_threads(client: Client) -> int:
 
 
 @contextlib.contextmanager
+def _quiet(name: str, level: int = logging.WARNING) -> Iterator[None]:
+    """The logger `name` at `level` or above while the block runs."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextlib.contextmanager
 def dask_client(address: str | None, local_workers: int, parameter: str = "the scheduler address",
                 connect_timeout_s: float = 30.0) -> Iterator[Client]:
     """A client of the scheduler at `address` (waiting up to `WORKERS_WAIT_S` for a worker), or of a
     LocalCluster of `local_workers` single-threaded worker processes started here and closed after.
     Errors name `parameter` (the setting that gave `address`)."""
     if address is None:
-        # no statistical profiler on its workers: it costs a few % of a core each, and nobody reads it here
-        with dask.config.set({"distributed.worker.profile.enabled": False}), \
+        # no statistical profiler on its workers: it costs a few % of a core each, and nobody reads it here;
+        # the in-process scheduler's INFO lines (clients, workers coming and going) would drown the run's log
+        with dask.config.set({"distributed.worker.profile.enabled": False}), _quiet("distributed"), \
                 LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True,
                              dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:
             yield client
