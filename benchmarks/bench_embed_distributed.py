@@ -32,6 +32,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from pemt_pipeline.atomic import write_text  # noqa: E402
 from pemt_pipeline.distributed import launch  # noqa: E402 (after the sys.path line)
 from pemt_pipeline.features import EmbedConfig, embed_clips  # noqa: E402
 from pemt_pipeline.media.folder import VideoSource, build_index  # noqa: E402
@@ -109,7 +110,7 @@ def main() -> None:
               f"{row['startup_median_s']:.2f} | {', '.join(f'{s:.2f}' for s in row['seconds'])} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"clips": n_clips, "videos": args.videos, "threads_per_process":
+    write_text(out, json.dumps({"clips": n_clips, "videos": args.videos, "threads_per_process":
                                int(os.environ["OMP_NUM_THREADS"]), "cores": os.cpu_count(),
                                "machine": platform.platform(), "torch": torch.__version__, "rows": rows}, indent=2))
     print(f"\nwritten {out}")

@@ -38,6 +38,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from pemt_pipeline.atomic import write_text
 from pemt_pipeline.media.decode import choose_audio, choose_video, open_container, probe
 from pemt_pipeline.media.folder import VideoSource, build_index
 from pemt_pipeline.media.ingest import IngestConfig, ingest_all
@@ -241,7 +242,7 @@ def main() -> None:
               "pyav": av.__version__, "repeats": args.repeats, "results": results, "long_videos": long_rows,
               "baseline_rev": args.baseline_rev}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_text(args.out, json.dumps(report, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import logging
 import os
 import platform
 import socket
@@ -39,6 +40,7 @@ import distributed
 from distributed import Client, LocalCluster
 from moto.server import ThreadedMotoServer
 
+from pemt_pipeline.atomic import write_text
 from pemt_pipeline import storage
 from pemt_pipeline.media.folder import VideoSource, build_index
 from pemt_pipeline.media.ingest import IngestConfig, ingest_all
@@ -64,6 +66,7 @@ def start_s3(stack: contextlib.ExitStack, cache: str) -> dict:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     stack.callback(server.stop)
@@ -162,7 +165,7 @@ def main() -> None:
               "dask": dask.__version__, "distributed": distributed.__version__, "repeats": args.repeats,
               "cluster_start_s": {f"x{n}": s for n, (_, s) in clusters.items()}, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_text(args.out, json.dumps(report, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -61,6 +61,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from pemt_pipeline.atomic import write_text  # noqa: E402
 from pemt_pipeline.devices import resolve_device, torch_threads  # noqa: E402
 from pemt_pipeline.models import ModelConfig, PEMTModel  # noqa: E402
 from pemt_pipeline.models.param_table import format_table  # noqa: E402
@@ -692,7 +693,7 @@ def main(argv: list[str] | None = None) -> None:
     results["targets"] = [{"passed": passed, "target": text} for passed, text in targets]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_text(out, json.dumps(results, indent=2))
     if args.targets:
         print("\n== targets")
         if not targets:

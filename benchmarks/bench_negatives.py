@@ -67,6 +67,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from pemt_pipeline.atomic import write_text  # noqa: E402
 from pemt_pipeline.profiling import PeakMemory, rss_anon_mb  # noqa: E402 (after the sys.path line)
 from pemt_pipeline.sampling import NegativeConfig, NegativeSampler, read_table, reference_table  # noqa: E402
 from pemt_pipeline.sampling.approximate import (ApproximateBuilder, add_vectors,  # noqa: E402
@@ -545,7 +546,7 @@ def main(argv=None) -> None:
               "rows": rows, "table_io": table_io, "summary": summ,
               "wall_seconds": time.perf_counter() - t0}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_text(Path(args.out), json.dumps(result, indent=1))
     print(f"wrote {args.out} ({result['wall_seconds']:.0f} s)")
 
 

@@ -54,6 +54,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from pemt_pipeline.atomic import write_text
 from pemt_pipeline.features.embed import clip_table
 from pemt_pipeline.media.folder import VideoSource, build_index
 from pemt_pipeline.media.ingest import IngestConfig, ingest_all
@@ -429,7 +430,7 @@ def main() -> None:
               "storage": [{k: v for k, v in r.items() if k != "manifest"} for r in storage_rows],
               "loader": loader_rows, "training": training_rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(finite(report), indent=2))
+    write_text(args.out, json.dumps(finite(report), indent=2))
     print(f"wrote {args.out}")
 
 

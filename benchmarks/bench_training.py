@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pemt_pipeline.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name -> model overrides
     "unshared": {"share_layers": False, "share_transformers": "none"},
@@ -176,7 +178,7 @@ def main() -> None:
     else:
         print("no CUDA device: GPU section skipped")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_text(args.out, json.dumps(report, indent=2))
     print(f"wrote {args.out}")
 
 

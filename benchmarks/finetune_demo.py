@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pemt_pipeline.atomic import write_text
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +90,7 @@ def main() -> None:
            "table": table, "data": facts, "seconds": {k: round(v, 1) for k, v in seconds.items()},
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_text(args.out, json.dumps(out, indent=2) + "\n")
 
     print(f"seeds {seeds} ({out['seed_kind']})")
     print(f"{'protocol':<11} {'init':<12} {'clip top-1':>22} {'video top-1':>22}")

@@ -38,6 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from pemt_pipeline.atomic import write_text  # noqa: E402
 from pemt_pipeline.evaluation.audio import AudioFolderConfig, audio_probe  # noqa: E402 (after the sys.path line)
 from pemt_pipeline.evaluation.features import video_features  # noqa: E402
 from pemt_pipeline.evaluation.probe import ProbeConfig  # noqa: E402
@@ -161,7 +162,7 @@ def main(argv=None) -> None:
                           "cpus": multiprocessing.cpu_count()},
               "rows": rows, "summary": summary, "wall_seconds": time.perf_counter() - t0}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+    write_text(Path(args.out), json.dumps(result, indent=1, default=str))
     print(f"wrote {args.out} ({result['wall_seconds']:.0f} s)")
 
 

@@ -6,11 +6,12 @@ After the default `kedro run`:
 - the linear probe on the frozen audio CNN (the paper's linear-evaluation protocol, ESC-50) is
   clearly better on the pretrained model than on randomly initialised ones.
 
-Measured (README, "Does pretraining help?") with the default parameters, training seeds 0-2:
-CPP AUC 0.755-0.78, median rank 7.5-10.5 both ways against a chance of 0.5 and 20.5; audio-CNN
-probe top-1 0.775-0.925 pretrained against 0.60-0.675 for random inits with seeds 0-3 (mean of
-seeds 0-2: 0.633), so the margin asserted below (0.1, four videos) held for every seed with at
-least 0.04 to spare. Before the summary path was fixed (CNN output BatchNorm, factorised-layer
+Measured (README, "Does pretraining help?") with the default parameters (the negative table
+refreshed every 50 steps), training seeds 0-2: CPP AUC 0.788-0.807, median rank 7.0-8.5 both ways
+against a chance of 0.5 and 20.5; audio-CNN probe top-1 0.75-0.85 pretrained against 0.60-0.65
+for random inits with seeds 0-3 (mean of seeds 0-2: 0.625), so the margin asserted below (0.1,
+four videos) held for every seed with at least 0.025 to spare (0.075 for seed 0, the one run
+here). Before the summary path was fixed (CNN output BatchNorm, factorised-layer
 init) every pair got the same score (AUC 0.5); on the demo before its shots restarted the motion
 the audio CNN's probe did not beat random inits (0.575-0.775 against 0.60-0.70 for six seeds)
 and this margin failed for two of three training seeds.

@@ -178,6 +178,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, encoding: str | No
         yield f
 
 
+def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """`Path(path).write_text(text)`, atomically (a report or a benchmark's JSON)."""
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
 def _temporaries(folder: Path, names: set[str] | None) -> list[tuple[Path, str, str]]:
     try:
         entries = list(os.scandir(folder))

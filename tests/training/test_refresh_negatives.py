@@ -97,7 +97,7 @@ def test_refreshes_at_exactly_the_right_steps_and_only_then(tiny_demo, tmp_path)
     assert (tmp_path / "on" / "live" / "plots" / "metrics" / "train" / "refresh_seconds.tsv").is_file()
     # configured but never due (every 100 steps): no refresh, and exactly the weights of a run without
     never = run_training(_inputs(tiny_demo, tmp_path / "never", steps=4, refresh_negatives_every=100))
-    off = run_training(_inputs(tiny_demo, tmp_path / "off", steps=4))
+    off = run_training(_inputs(tiny_demo, tmp_path / "off", steps=4, refresh_negatives_every=0))
     assert never["negative_refreshes"]["count"] == 0 and "negative_refreshes" not in off
     assert "negatives" not in ckpt.load_checkpoint(tmp_path / "off" / "ckpt" / ckpt.LAST)
     _assert_same_weights(_weights(tmp_path / "never"), _weights(tmp_path / "off"))

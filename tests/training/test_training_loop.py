@@ -58,7 +58,9 @@ def test_training_configs_parse_the_yaml_block_once():
 
 
 def test_defaults_are_the_yaml_values():
-    """One default per parameter: TrainConfig's and LossConfig's equal conf/base's (globals resolved)."""
+    """One default per parameter: TrainConfig's and LossConfig's equal conf/base's (globals resolved),
+    but for the negative table's refreshes: on in the project (50 steps, measured in the README), off
+    in the library, where a refresh needs the negatives and embedding parameters (RefreshConfig)."""
     conf = PROJECT_ROOT / "conf" / "base"
     block = yaml.safe_load((conf / "parameters_training.yml").read_text())["training"]
     paths = yaml.safe_load((conf / "globals.yml").read_text())["paths"]
@@ -66,7 +68,8 @@ def test_defaults_are_the_yaml_values():
     loss = block.pop("loss")
     block.pop("augment")
     assert set(block) == {f.name for f in dataclasses.fields(TrainConfig)}
-    assert TrainConfig.from_dict(block) == TrainConfig()
+    assert block["refresh_negatives_every"] == 50 and TrainConfig().refresh_negatives_every == 0
+    assert TrainConfig.from_dict(block) == TrainConfig(refresh_negatives_every=50)
     assert set(loss) == {f.name for f in dataclasses.fields(LossConfig)}
     assert LossConfig.from_dict(loss) == LossConfig()
 

@@ -102,7 +102,7 @@ class TrainConfig(LoopSettings):
     deterministic: bool = True
     splits: tuple[str, ...] = ("train",)
     negatives: str = "content"
-    refresh_negatives_every: int = 0
+    refresh_negatives_every: int = 0  # off here (a refresh needs RefreshConfig); the project's YAML: 50
     device: str = "auto"
     bf16: bool = True
     compile: bool = False
