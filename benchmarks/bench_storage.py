@@ -250,7 +250,8 @@ def training_rate(manifest: pd.DataFrame, warmup: int, steps: int, where: Path) 
     loss, augment = params.pop("loss"), params.pop("augment")
     shutil.rmtree(where, ignore_errors=True)
     params.update(steps=warmup + steps, log_every=1, checkpoint_every=warmup + steps, progress=False, resume=False,
-                  device="cpu", checkpoint_dir=str(where / "ckpt"), dvclive_dir=str(where / "live"))
+                  device="cpu", checkpoint_dir=str(where / "ckpt"), dvclive_dir=str(where / "live"),
+                  refresh_negatives_every=0)  # the loader's speed, not the table's refreshes
     clips = clip_table(manifest)
     train_cfg, loss_cfg, augment_cfg = training_configs({**params, "loss": loss, "augment": augment})
     inputs = prepare_inputs(manifest, clips, uniform_negatives(clips), project_model_config(ROOT / "conf", "base"),

@@ -53,7 +53,8 @@ def _cpu_variant(name: str, steps: int, queue: mp.Queue) -> None:
     model = {**project_model_config(ROOT / "conf", "base").to_dict(), **VARIANTS[name]}
     with tempfile.TemporaryDirectory() as tmp:
         params.update(steps=steps, log_every=steps, checkpoint_every=steps, progress=False, warmup_steps=1,
-                      checkpoint_dir=f"{tmp}/ckpt", dvclive_dir=f"{tmp}/live")
+                      checkpoint_dir=f"{tmp}/ckpt", dvclive_dir=f"{tmp}/live",
+                      refresh_negatives_every=0)  # the step's speed, not the table's refreshes
         train_cfg, loss_cfg, augment_cfg = training_configs({**params, "loss": loss, "augment": augment})
         inputs = prepare_inputs(manifest, clips, negatives, ModelConfig.from_dict(model), loss_cfg, augment_cfg,
                                 train_cfg)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -467,3 +470,20 @@ def test_embedding_accepts_decode_devices(device):
 def test_embedding_rejects_bad_decode_devices(device):
     with pytest.raises(ValueError, match=r"embedding\.decode_device"):
         EmbedConfig.from_dict({"decode_device": device})
+
+
+def test_h264_encoding_is_the_same_bytes_whatever_ran_before():
+    """With x264's mbtree on, some processes encoded their first clips to other bytes than the same
+    clips later (rare and timing-dependent: the resume test across executors caught it in CI), so
+    shards differed between runs. Two fresh processes, three calls each."""
+    script = textwrap.dedent("""
+        import hashlib, numpy as np
+        from pemt_pipeline.media.clip_codecs import ClipCodec
+        r = np.random.default_rng(1)
+        blocks = r.integers(0, 255, (2, 8, 9, 11, 3), dtype=np.uint8)
+        clips = np.ascontiguousarray(blocks.repeat(8, 2).repeat(8, 3)[:, :, :64, :80])
+        print(*(hashlib.md5(ClipCodec().encode(clips)[0].tobytes()).hexdigest() for _ in range(3)))
+    """)
+    digests = [d for _ in range(2) for d in subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                                           text=True, check=True).stdout.split()]
+    assert len(digests) == 6 and len(set(digests)) == 1, digests

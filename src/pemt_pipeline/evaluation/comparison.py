@@ -15,6 +15,7 @@ from pemt_pipeline.models import ModelConfig
 from pemt_pipeline.profiling import PeakMemory
 from pemt_pipeline.training.distributed import train_model
 from pemt_pipeline.training.loop import prepare_inputs, training_configs
+from pemt_pipeline.training.refresh import RefreshConfig
 
 from .probe import ProbeConfig
 from .video import VideoEvalConfig, model_features, probe_report, retrieval_report
@@ -37,16 +38,17 @@ def variant_params(model: dict[str, Any], training: dict[str, Any], report: dict
 
 
 def train_variant(manifest: pd.DataFrame, clips: pd.DataFrame, negatives_table: pd.DataFrame,
-                  settings: dict[str, Any]) -> list[dict[str, Any]]:
+                  settings: dict[str, Any], refresh: RefreshConfig | None = None) -> list[dict[str, Any]]:
     """Pretrain the variant once per seed (each seed in its own checkpoint folder, resumed if a
-    matching checkpoint exists) -> [{seed, trained, summary, peak_memory_mb}]."""
+    matching checkpoint exists), refreshing the negative table as the pretraining does (`refresh`:
+    how, needed when training.refresh_negatives_every > 0) -> [{seed, trained, summary, peak_memory_mb}]."""
     runs = []
     model = ModelConfig.from_dict(settings["model"])
     base, loss, augment = training_configs(settings["training"])
     for seed in settings["seeds"]:
         training = dataclasses.replace(base, seed=seed, checkpoint_dir=f"{base.checkpoint_dir}/seed{seed}",
                                        dvclive_dir=f"{base.dvclive_dir}/seed{seed}")
-        inputs = prepare_inputs(manifest, clips, negatives_table, model, loss, augment, training)
+        inputs = prepare_inputs(manifest, clips, negatives_table, model, loss, augment, training, refresh)
         with PeakMemory() as memory:
             trained, summary = train_model(inputs)
         runs.append({"seed": seed, "trained": trained, "summary": summary, "peak_memory_mb": memory.mb})

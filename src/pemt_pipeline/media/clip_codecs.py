@@ -90,8 +90,10 @@ def _encode_h264(clip: np.ndarray, codec: ClipCodec) -> list[bytes]:
     ctx = av.CodecContext.create("libx264", "w")
     ctx.width, ctx.height, ctx.pix_fmt = W, H, H264_PIXEL_FORMAT
     ctx.time_base = fractions.Fraction(1, 30)  # nominal: the shard holds the real timestamps
+    # mbtree off: with it, the same clip encoded to different bytes from one call to the next (about
+    # one process in three, its first call; as in synthetic.py), so shards differed between runs
     ctx.options = {"crf": str(codec.h264_crf), "preset": codec.h264_preset, "tune": "psnr", "bf": "0",
-                   "g": str(n_frames), "threads": "1"}
+                   "g": str(n_frames), "threads": "1", "x264-params": "mbtree=0"}
     packets = []
     for i, frame in enumerate(clip):
         picture = _converter("to_yuv").reformat(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"),

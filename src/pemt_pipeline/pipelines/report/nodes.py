@@ -15,6 +15,7 @@ from pemt_pipeline.features import ClipEmbeddings
 from pemt_pipeline.features.dataset import AugmentConfig
 from pemt_pipeline.media.shards import ShardStore
 from pemt_pipeline.reporting import Report, render_report
+from pemt_pipeline.training.refresh import RefreshConfig
 
 
 def variant_params(model: dict[str, Any], training: dict[str, Any], report: dict[str, Any],
@@ -23,9 +24,12 @@ def variant_params(model: dict[str, Any], training: dict[str, Any], report: dict
 
 
 def train_variant(manifest: pd.DataFrame, clip_shards: ShardStore, clip_embeddings: ClipEmbeddings,
-                  negatives_table: pd.DataFrame, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """`clip_shards` orders the node after ingestion; the manifest names its shards."""
-    return comparison.train_variant(manifest, clip_embeddings.clips, negatives_table, settings)
+                  negatives_table: pd.DataFrame, settings: dict[str, Any], negatives_params: dict[str, Any],
+                  embedding_params: dict[str, Any]) -> list[dict[str, Any]]:
+    """`clip_shards` orders the node after ingestion; the manifest names its shards; the negatives
+    and embedding parameters are those of the negative table's refreshes."""
+    return comparison.train_variant(manifest, clip_embeddings.clips, negatives_table, settings,
+                                    RefreshConfig.from_params(negatives_params, embedding_params))
 
 
 def evaluate_variant(runs: list[dict[str, Any]], manifest: pd.DataFrame, settings: dict[str, Any],

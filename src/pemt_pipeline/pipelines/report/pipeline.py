@@ -34,14 +34,16 @@ def variant_pipeline(name: str) -> Pipeline:
         Node(variant_settings_of(name),
              inputs=["params:model", "params:training", "params:report", f"params:report.variants.{name}"],
              outputs="settings", name="variant_settings"),
-        Node(train_variant, inputs=["manifest", "clip_shards", "clip_embeddings", "negatives_table", "settings"],
+        Node(train_variant, inputs=["manifest", "clip_shards", "clip_embeddings", "negatives_table", "settings",
+                                    "params:negatives", "params:embedding"],
              outputs="runs", name="train_variant"),
         Node(evaluate_variant, inputs=["runs", "manifest", "settings", "params:evaluation", "params:training.augment"],
              outputs="results", name="evaluate_variant"),
     ]
     return Pipeline(nodes, namespace=name, inputs=SHARED, outputs={"results": variant_results(name)},
                     parameters={"params:model", "params:training", "params:report", "params:evaluation",
-                                "params:training.augment", f"params:report.variants.{name}"})
+                                "params:training.augment", "params:negatives", "params:embedding",
+                                f"params:report.variants.{name}"})
 
 
 def create_pipeline(variants: Iterable[str] = (), **kwargs) -> Pipeline:
