@@ -566,16 +566,15 @@ def _ingest_rows(index: pd.DataFrame, cfg: IngestConfig) -> list[tuple[str, dict
     limits = {"timeout_s": cfg.file_timeout_s, "memory_limit_mb": cfg.worker_memory_mb, "initializer": _init_worker}
     results: list[tuple[str, dict]] = []
     kill_after, written = kill_point(KILL_AFTER_SHARDS), 0  # test-only (pemt_pipeline.kill_points)
+    workers = _worker_count(cfg, len(rows))  # local processes, or a local cluster's Dask workers
     with contextlib.ExitStack() as stack:
         if cfg.executor == "dask":  # batches of files in supervised subprocesses of the Dask workers
-            client = stack.enter_context(dask_client(cfg.dask_scheduler, _worker_count(cfg, len(rows)),
-                                                     "ingestion.dask_scheduler"))
+            client = stack.enter_context(dask_client(cfg.dask_scheduler, workers, "ingestion.dask_scheduler"))
             threads = cluster_threads(client)
             where = f"dask, {threads} thread{'s' if threads > 1 else ''}"
             seen = [cfg.shard_dir, *(r["path"] for r in rows[:1] if r.get("path"))]  # every worker must see
             run = run_on_dask(client, task, rows, shared_paths=seen, **limits)
         else:
-            workers = _worker_count(cfg, len(rows))
             where = f"{workers} worker{'s' if workers > 1 else ''}"
             run = run_supervised(task, rows, workers, **limits)
         stack.enter_context(contextlib.closing(run))
