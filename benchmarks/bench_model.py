@@ -10,6 +10,8 @@ Sections (mid fusion; variants unshared / cross-layer / low-rank side by side), 
   paper_transformers  the paper's Transformers (hidden 768, FFN 3072, 6 layers, rank 128) on given
                       CNN embeddings (the CNNs are not run), 8 videos x 10 clips
   orthogonal_maps     the low-rank paper Transformers with each orthogonal parametrisation
+  matrix_exp_gradient expm forward + backward of one 128 x 128 Sigma generator: torch's backward and
+                      the model's (models/orthogonal.expm_frechet), by the size of the generator
   paper_full_bf16     (CUDA only) the whole paper model in bf16 autocast, eager and torch.compile,
                       with model FLOPs utilisation
 
@@ -64,6 +66,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from pemt_pipeline.atomic import write_text  # noqa: E402
 from pemt_pipeline.devices import resolve_device, torch_threads  # noqa: E402
 from pemt_pipeline.models import ModelConfig, PEMTModel  # noqa: E402
+from pemt_pipeline.models.orthogonal import _MatrixExp  # noqa: E402
 from pemt_pipeline.models.param_table import format_table  # noqa: E402
 from pemt_pipeline.project_config import project_model_config  # noqa: E402
 
@@ -72,7 +75,7 @@ VARIANTS = {"unshared": (False, "none"), "cross_layer": (True, "none"),
             "lowrank": (True, "lowrank")}
 BASE_CLIPS = dict(frames=8, crop=56, n_mels=40, mel_frames=48)  # conf/base ingestion sizes
 PAPER_CLIPS = dict(frames=32, crop=112, n_mels=80, mel_frames=128)
-CPU_SECTIONS = ("small_with_cnns", "paper_transformers", "orthogonal_maps")
+CPU_SECTIONS = ("small_with_cnns", "paper_transformers", "orthogonal_maps", "matrix_exp_gradient")
 SECTIONS = (*CPU_SECTIONS, "paper_full_bf16")
 LOSS_RTOL = {False: 1e-4, True: 2e-2}  # fp32 / bf16 autocast: baseline and current losses must agree
 GRAD_RTOL = {False: 1e-2, True: 1e-1}  # largest gradient difference / largest gradient, per parameter
@@ -494,20 +497,40 @@ def bench_variant(current: torch.nn.Module, baseline: torch.nn.Module | None, lo
     return row
 
 
+def move_sigmas(model: torch.nn.Module, std: float) -> float | None:
+    """Each orthogonal Sigma's free parameter (`...parametrizations.weight.original`; A = its strict lower
+    triangle minus the transpose) drawn from N(0, std), so that Sigma = base @ expm(A) is where training
+    takes it: at initialisation A = 0, where expm and its derivative cost least. -> the largest 1-norm of
+    an A (None without Sigmas)."""
+    g = torch.Generator().manual_seed(2)
+    norms = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("parametrizations.weight.original"):
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+                a = p.tril(-1) - p.tril(-1).mT
+                norms.append(float(a.abs().sum(-2).amax()))
+    return max(norms) if norms else None
+
+
 def run_section(title: str, builds: dict, device, steps, warmup, baseline: Baseline | None,
-                without_cnns: bool = False, done: dict | None = None, **kw) -> list[dict]:
+                without_cnns: bool = False, done: dict | None = None, sigma_std: float = 0.0,
+                **kw) -> list[dict]:
     """builds: name -> (config, loss_fn). Adds ratios against the first entry. `done`: rows measured
-    before by (configuration, loss function), taken as they are (and filled in)."""
+    before by (configuration, loss function), taken as they are (and filled in). `sigma_std`: see
+    `move_sigmas` (the same weights in the baseline)."""
     rows = []
     done = {} if done is None else done
     for name, (cfg, loss_fn) in builds.items():
-        key = (json.dumps(cfg.to_dict(), sort_keys=True), loss_fn, without_cnns, json.dumps(kw, sort_keys=True))
+        key = (json.dumps(cfg.to_dict(), sort_keys=True), loss_fn, without_cnns, sigma_std,
+               json.dumps(kw, sort_keys=True))
         if key in done:
             rows.append({**done[key], "variant": name, "same_run_as": done[key]["variant"]})
             continue
         torch.manual_seed(0)
         model = PEMTModel(cfg)
         counts = model.parameter_counts()
+        sigma_norm = move_sigmas(model, sigma_std)
         other = None
         if baseline is not None:
             torch.manual_seed(0)
@@ -517,7 +540,7 @@ def run_section(title: str, builds: dict, device, steps, warmup, baseline: Basel
             for m in (model, other):
                 if m is not None:
                     m.visual_cnn = m.audio_cnn = None
-        row = {"variant": name, "transformer_params": counts["transformers"],
+        row = {"variant": name, "transformer_params": counts["transformers"], "sigma_generator_1norm": sigma_norm,
                **bench_variant(model, other, loss_fn, device, steps, warmup, **kw)}
         rows.append(row)
         done[key] = row
@@ -564,12 +587,52 @@ def print_section(title: str, rows: list[dict]) -> None:
     print(format_table(shown, columns), flush=True)
 
 
+# ---------------------------------------------------------------- expm's gradient alone
+
+def bench_matrix_exp_gradient(steps: int, n: int = 128, stds=(0.0, 0.003, 0.03, 0.3)) -> list[dict]:
+    """expm forward + backward of one n x n Sigma generator A (the paper's rank), with a training-size
+    incoming gradient (entries ~300), for A's entries ~N(0, std): torch's own backward (autograd of
+    torch.linalg.matrix_exp: expm of the 2n x 2n block) and `_MatrixExp`'s (`expm_frechet`), timed
+    interleaved (median over `steps` rounds of 10 calls each), each in float32 with its largest
+    error relative to the largest entry of a float64 reference (torch's backward in float64)."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for std in stds:
+        X = torch.randn(n, n, generator=g, dtype=torch.float64) * std
+        A64, G64 = X.tril(-1) - X.tril(-1).mT, torch.randn(n, n, generator=g, dtype=torch.float64) * 300
+        A, G = A64.float().requires_grad_(), G64.float()
+        (ref,) = torch.autograd.grad(torch.linalg.matrix_exp(A64.requires_grad_()), A64, G64)
+        runs = {"torch": torch.linalg.matrix_exp, "current": _MatrixExp.apply}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        errors = {k: ((torch.autograd.grad(f(A), A, G)[0].double() - ref).abs().max() / ref.abs().max()).item()
+                  for k, f in runs.items()}
+        for _ in range(steps):
+            for k, f in runs.items():
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    torch.autograd.grad(f(A), A, G)
+                times[k].append((time.perf_counter() - t0) / 10)
+        torch_ms, cur_ms = (1e3 * statistics.median(times[k]) for k in runs)
+        rows.append({"std": std, "a_1norm": float(A64.abs().sum(-2).amax()), "torch_ms": torch_ms,
+                     "current_ms": cur_ms, "x_torch": cur_ms / torch_ms, "torch_rel_error": errors["torch"],
+                     "current_rel_error": errors["current"]})
+    columns = [("std", "A entries std"), ("a_1norm", "A 1-norm"), ("torch_ms", "torch ms"),
+               ("current_ms", "current ms"), ("x_torch", "x torch"), ("torch_rel_error", "torch fp32 error"),
+               ("current_rel_error", "current fp32 error")]
+    print(f"\n== expm forward + backward of one {n} x {n} Sigma generator, float32", flush=True)
+    print(format_table([{k: f"{r[k]:.2e}" if "error" in k else fmt(r[k]) for k, _ in columns} for r in rows],
+                       columns), flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------- targets
 
 def target_lines(sections: dict[str, list[dict]], has_baseline: bool) -> list[tuple[bool | None, str]]:
     """(passed, text) per issue target, on each paper_transformers section; the loss check on every section."""
     lines: list[tuple[bool | None, str]] = []
     for key, rows in sections.items():
+        if key.startswith("matrix_exp_gradient"):  # no model, no baseline
+            continue
         if has_baseline and not all(r.get("same_loss", False) for r in rows):
             bad = [r["variant"] for r in rows if not r.get("same_loss", False)]
             lines.append((False, f"{key}: baseline and current compute the same loss (differs: {', '.join(bad)})"))
@@ -623,19 +686,21 @@ def run_sections(args, device: torch.device, baseline: Baseline | None, results:
                 sec["small_with_cnns" + suffix] = run_section(
                     f"small config with CNNs (conf/base), 2 videos x {small.max_clips} clips, {where}",
                     {n: (variant(small, n), full_model_loss(video, audio)) for n in VARIANTS},
-                    device, steps, warmup, baseline)
+                    device, steps, warmup, baseline, sigma_std=args.sigma_std)
             loss = transformer_loss(paper, videos, clips, device)
             if "paper_transformers" in cpu_sections:
                 sec["paper_transformers" + suffix] = run_section(
                     f"paper Transformers without CNNs, {videos} videos x {clips} clips, {where}",
                     {n: (variant(paper, n), loss) for n in VARIANTS}, device, steps, warmup, baseline,
-                    without_cnns=True, done=done)
+                    without_cnns=True, done=done, sigma_std=args.sigma_std)
             if "orthogonal_maps" in cpu_sections:
                 sec["orthogonal_maps" + suffix] = run_section(
                     f"low-rank paper Transformers by orthogonal map, {videos} videos x {clips} clips, {where}",
                     {m: (variant(paper, "lowrank", orthogonal_map=m), loss)
                      for m in ("matrix_exp", "cayley", "householder")}, device, steps, warmup, baseline,
-                    without_cnns=True, done=done)
+                    without_cnns=True, done=done, sigma_std=args.sigma_std)
+            if "matrix_exp_gradient" in cpu_sections:
+                sec["matrix_exp_gradient" + suffix] = bench_matrix_exp_gradient(steps)
 
     if device.type == "cuda" and "paper_full_bf16" in args.sections:
         video, audio = video_batch(args.gpu_videos, paper.max_clips, **PAPER_CLIPS, device=device)
@@ -645,7 +710,7 @@ def run_sections(args, device: torch.device, baseline: Baseline | None, results:
                 f"paper model, bf16 autocast{', torch.compile' if compiled else ''}, "
                 f"{args.gpu_videos} videos x {paper.max_clips} clips",
                 {n: (variant(paper, n), full_model_loss(video, audio)) for n in VARIANTS},
-                device, steps, warmup + compiled, baseline, bf16=True, compile_model=compiled,
+                device, steps, warmup + compiled, baseline, sigma_std=args.sigma_std, bf16=True, compile_model=compiled,
                 peak_tflops=args.peak_tflops)
 
 
@@ -665,6 +730,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-videos", type=int, default=4,
                         help="videos per batch in the full paper model section (CUDA); the "
                         "visual CNN saves ~0.66 GB of fp32 activations per clip (CPU measure)")
+    parser.add_argument("--sigma-std", type=float, default=0.03,
+                        help="std of the orthogonal Sigmas' free parameters (move_sigmas; 0: as initialised, "
+                        "A = 0). Default 0.03 ~ AdamW's random-walk drift over conf/paper's training, "
+                        "lr 1e-4 x sqrt(100000 steps)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (CUDA)")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="accelerator bf16 dense peak for MFU (H100 SXM: 989)")
@@ -678,7 +747,8 @@ def main(argv: list[str] | None = None) -> None:
                         "device_name": torch.cuda.get_device_name(device)
                         if device.type == "cuda" else platform.processor() or platform.machine(),
                         "threads": args.threads, "steps": steps, "warmup": warmup, "quick": args.quick,
-                        "paper_batch": [videos, clips], "sections": args.sections, "baseline": args.baseline},
+                        "paper_batch": [videos, clips], "sections": args.sections, "baseline": args.baseline,
+                        "sigma_std": args.sigma_std},
                "sections": {}}
     with git_worktree(args.baseline) if args.baseline else nullcontext() as tree:
         baseline = None

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from pemt_pipeline.configs import above, at_least, between, from_params, one_of, require
 
+from .dropout import Dropout
 from .factorized import linear
 from .fusion import ModelOutput, PEMTModel, StreamOutput
 
@@ -72,7 +73,7 @@ class LinearClassifier(nn.Module):
 
     def __init__(self, d_in: int, n_classes: int, dropout: float, init_std: float):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear = linear(d_in, n_classes, init_std)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,7 +94,7 @@ class SequenceClassifier(nn.Module):
 
     def __init__(self, hidden: int, n_classes: int, dropout: float, eps: float, init_std: float):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.visual = linear(2 * hidden, hidden, init_std, bias=False)
         self.audio = linear(2 * hidden, hidden, init_std, bias=False)
         self.norm = nn.LayerNorm(hidden, eps=eps)

@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from .cnn import audio_resnet, visual_resnet
 from .config import ModelConfig
+from .dropout import Dropout
 from .transformer import build_transformers, can_run_jointly, run_jointly
 
 MODALITIES = ("visual", "audio")
@@ -55,7 +56,7 @@ class StreamEmbedding(nn.Module):
         self.token_type = (nn.Parameter(torch.randn(n_types, t.hidden) * t.init_std)
                            if n_types > 1 else None)
         self.norm = nn.LayerNorm(t.hidden, t.layer_norm_eps)
-        self.dropout = nn.Dropout(t.dropout)
+        self.dropout = Dropout(t.dropout)
 
     def forward(self, parts: list[Tensor]) -> Tensor:
         # parts: [B, L_i, D] each, L_i <= max_clips + 1 -> [B, sum L_i, D]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import ModelConfig, TransformerConfig
+from .dropout import Dropout
 from .factorized import FactorizedLinear, factorized_group, linear
 from .fused import project
 
@@ -40,7 +41,7 @@ class TransformerLayer(nn.Module):
         self.attention_dropout = cfg.attention_dropout
         self.q, self.k, self.v, self.o, self.fc1, self.fc2 = (linears[n] for n in LINEARS)
         self.norm1, self.norm2 = norms
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         # x [B, L, D]; attn_mask [B, 1, 1, L] bool, True = key may be attended to
