@@ -11,7 +11,8 @@
 #   make lint        ruff check src tests benchmarks notebooks (settings in pyproject.toml)
 #   make lock        re-resolve pyproject.toml in a throwaway venv and rewrite requirements.lock
 #   make clean-data  delete the generated outputs: untracked files under data/0*/, dvclive/, .dvc/cache/
-# PYTEST_ARGS is passed to pytest (make test PYTEST_ARGS="-x -k shards").
+# PYTEST_ARGS is passed to pytest (make test PYTEST_ARGS="-x -k shards"); TEST_WORKERS (default 2) is the
+# number of pytest-xdist worker processes of make test / test-fast (each test file on one; 0: in-process).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,6 +20,8 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 PIP_INSTALL := pip install --disable-pip-version-check -q
 DEMO_DATA := data/05_model_input/negatives.parquet
+TEST_WORKERS ?= 2
+TEST_DIST := -n $(TEST_WORKERS) --dist loadfile
 export KEDRO_DISABLE_TELEMETRY := 1
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -37,10 +40,10 @@ demo: bootstrap
 	$(BIN)/kedro run
 
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(TEST_DIST) $(PYTEST_ARGS)
 
 test-fast: bootstrap
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(TEST_DIST) $(PYTEST_ARGS)
 
 repro: bootstrap
 	$(BIN)/dvc repro
