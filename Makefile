@@ -12,7 +12,7 @@
 #   make lock        re-resolve pyproject.toml in a throwaway venv and rewrite requirements.lock
 #   make clean-data  delete the generated outputs: untracked files under data/0*/, dvclive/, .dvc/cache/
 # PYTEST_ARGS is passed to pytest (make test PYTEST_ARGS="-x -k shards"); TEST_WORKERS (default 2) is the
-# number of pytest-xdist worker processes of make test / test-fast (each test file on one; 0: in-process).
+# number of pytest-xdist worker processes of make test / test-fast (work stealing; 0: in-process).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,7 +21,7 @@ LOCK := requirements.lock
 PIP_INSTALL := pip install --disable-pip-version-check -q
 DEMO_DATA := data/05_model_input/negatives.parquet
 TEST_WORKERS ?= 2
-TEST_DIST := -n $(TEST_WORKERS) --dist loadfile
+TEST_DIST := -n $(TEST_WORKERS) --dist worksteal
 export KEDRO_DISABLE_TELEMETRY := 1
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
