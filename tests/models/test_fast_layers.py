@@ -3,6 +3,7 @@ what the plain eager graph of the same modules computes: outputs and gradients i
 float32, every variant, the visual and audio Transformers run together or one after the other."""
 
 import dataclasses
+import math
 
 import mpmath
 import pytest
@@ -132,6 +133,8 @@ def test_expm_frechet_edge_cases():
     E = torch.randn(5, 5, dtype=torch.float64)
     assert torch.allclose(expm_frechet(torch.zeros(5, 5, dtype=torch.float64), E), E, rtol=1e-15, atol=0)  # L(0, E) = E
     assert torch.equal(expm_frechet(torch.randn(5, 5), torch.zeros(5, 5)), torch.zeros(5, 5))
+    assert torch.isnan(expm_frechet(torch.full((5, 5), math.inf), torch.ones(5, 5))).all()  # no exception
+    assert torch.isnan(expm_frechet(torch.zeros(5, 5), torch.full((5, 5), math.nan))).all()
     X = torch.randn(3, 6, 6, dtype=torch.float64)  # a batch: each matrix's derivative
     A, E = X.tril() - X.tril().mT, torch.randn(3, 6, 6, dtype=torch.float64)
     assert torch.allclose(expm_frechet(A, E), torch.stack([expm_frechet(a, e) for a, e in zip(A, E)]), atol=1e-12)

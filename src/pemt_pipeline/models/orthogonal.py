@@ -74,6 +74,8 @@ def expm_frechet(A: Tensor, E: Tensor) -> Tensor:
     each block product [[P, L], [0, P]] [[P', L'], [0, P']] = [[P P', P L' + L P'], [0, P P']]; then
     j squarings. E is scaled to unit 1-norm first (L is linear in E)."""
     a_norm, e_norm = (float(t.abs().sum(-2).amax()) for t in (A, E))  # 1-norms (largest column sum)
+    if not math.isfinite(a_norm + e_norm):  # a diverged step: NaN, as torch's own backward gives
+        return torch.full_like(E, math.nan)
     if e_norm == 0.0:
         return torch.zeros_like(E)
     j = max(0, math.ceil(math.log2(a_norm / THETA))) if a_norm > THETA else 0
