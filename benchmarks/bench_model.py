@@ -12,6 +12,7 @@ Sections (mid fusion; variants unshared / cross-layer / low-rank side by side), 
   orthogonal_maps     the low-rank paper Transformers with each orthogonal parametrisation
   matrix_exp_gradient expm forward + backward of one 128 x 128 Sigma generator: torch's backward and
                       the model's (models/orthogonal.expm_frechet), by the size of the generator
+  dropout             nn.Dropout against the model's Dropout (models/dropout.py), forward + backward
   paper_full_bf16     (CUDA only) the whole paper model in bf16 autocast, eager and torch.compile,
                       with model FLOPs utilisation
 
@@ -66,6 +67,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from pemt_pipeline.atomic import write_text  # noqa: E402
 from pemt_pipeline.devices import resolve_device, torch_threads  # noqa: E402
 from pemt_pipeline.models import ModelConfig, PEMTModel  # noqa: E402
+from pemt_pipeline.models.dropout import Dropout  # noqa: E402
 from pemt_pipeline.models.orthogonal import _MatrixExp  # noqa: E402
 from pemt_pipeline.models.param_table import format_table  # noqa: E402
 from pemt_pipeline.project_config import project_model_config  # noqa: E402
@@ -75,7 +77,7 @@ VARIANTS = {"unshared": (False, "none"), "cross_layer": (True, "none"),
             "lowrank": (True, "lowrank")}
 BASE_CLIPS = dict(frames=8, crop=56, n_mels=40, mel_frames=48)  # conf/base ingestion sizes
 PAPER_CLIPS = dict(frames=32, crop=112, n_mels=80, mel_frames=128)
-CPU_SECTIONS = ("small_with_cnns", "paper_transformers", "orthogonal_maps", "matrix_exp_gradient")
+CPU_SECTIONS = ("small_with_cnns", "paper_transformers", "orthogonal_maps", "matrix_exp_gradient", "dropout")
 SECTIONS = (*CPU_SECTIONS, "paper_full_bf16")
 LOSS_RTOL = {False: 1e-4, True: 2e-2}  # fp32 / bf16 autocast: baseline and current losses must agree
 GRAD_RTOL = {False: 1e-2, True: 1e-1}  # largest gradient difference / largest gradient, per parameter
@@ -613,7 +615,7 @@ def bench_matrix_exp_gradient(steps: int, n: int = 128, stds=(0.0, 0.003, 0.03, 
                     torch.autograd.grad(f(A), A, G)
                 times[k].append((time.perf_counter() - t0) / 10)
         torch_ms, cur_ms = (1e3 * statistics.median(times[k]) for k in runs)
-        rows.append({"std": std, "a_1norm": float(A64.abs().sum(-2).amax()), "torch_ms": torch_ms,
+        rows.append({"std": std, "a_1norm": float(A64.detach().abs().sum(-2).amax()), "torch_ms": torch_ms,
                      "current_ms": cur_ms, "x_torch": cur_ms / torch_ms, "torch_rel_error": errors["torch"],
                      "current_rel_error": errors["current"]})
     columns = [("std", "A entries std"), ("a_1norm", "A 1-norm"), ("torch_ms", "torch ms"),
@@ -625,13 +627,39 @@ def bench_matrix_exp_gradient(steps: int, n: int = 128, stds=(0.0, 0.003, 0.03, 
     return rows
 
 
+def bench_dropout(steps: int, p: float = 0.1) -> list[dict]:
+    """Forward + backward of torch's nn.Dropout and the model's Dropout (models/dropout.py) on the
+    hidden states and FFN activations of the paper Transformers' joint visual + audio layer
+    (8 videos x 2 streams x 11 tokens), timed interleaved (median over `steps` rounds of 10 calls)."""
+    rows = []
+    for shape in ((176, 768), (176, 3072)):
+        x = torch.randn(shape, requires_grad=True)
+        g = torch.randn(shape)
+        runs = {"torch": torch.nn.Dropout(p).train(), "current": Dropout(p).train()}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(steps + 1):  # the first round warms up
+            for k, module in runs.items():
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    torch.autograd.grad(module(x), x, g)
+                times[k].append((time.perf_counter() - t0) / 10)
+        torch_ms, cur_ms = (1e3 * statistics.median(times[k][1:]) for k in runs)
+        rows.append({"shape": "x".join(map(str, shape)), "torch_ms": torch_ms, "current_ms": cur_ms,
+                     "x_torch": cur_ms / torch_ms})
+    columns = [("shape", "shape"), ("torch_ms", "nn.Dropout ms"), ("current_ms", "models.Dropout ms"),
+               ("x_torch", "x torch")]
+    print(f"\n== dropout p={p}, forward + backward, float32", flush=True)
+    print(format_table([{k: fmt(r[k]) for k, _ in columns} for r in rows], columns), flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------- targets
 
 def target_lines(sections: dict[str, list[dict]], has_baseline: bool) -> list[tuple[bool | None, str]]:
     """(passed, text) per issue target, on each paper_transformers section; the loss check on every section."""
     lines: list[tuple[bool | None, str]] = []
     for key, rows in sections.items():
-        if key.startswith("matrix_exp_gradient"):  # no model, no baseline
+        if key.startswith(("matrix_exp_gradient", "dropout")):  # no model, no baseline
             continue
         if has_baseline and not all(r.get("same_loss", False) for r in rows):
             bad = [r["variant"] for r in rows if not r.get("same_loss", False)]
@@ -701,6 +729,8 @@ def run_sections(args, device: torch.device, baseline: Baseline | None, results:
                     without_cnns=True, done=done, sigma_std=args.sigma_std)
             if "matrix_exp_gradient" in cpu_sections:
                 sec["matrix_exp_gradient" + suffix] = bench_matrix_exp_gradient(steps)
+            if "dropout" in cpu_sections:
+                sec["dropout" + suffix] = bench_dropout(steps)
 
     if device.type == "cuda" and "paper_full_bf16" in args.sections:
         video, audio = video_batch(args.gpu_videos, paper.max_clips, **PAPER_CLIPS, device=device)

@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,8 @@ def _worktrees() -> str:
     return subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
-def test_baseline_head_gives_the_current_models_loss(tmp_path):
+def test_baseline_head_gives_the_current_models_loss(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's worktree, apart from other workers'
     out = tmp_path / "bench.json"
     models_before = sys.modules["pemt_pipeline.models"]
     bench_model.main(["--quick", "--baseline", "HEAD", "--out", str(out), "--threads", "1", "--steps", "1",
@@ -46,13 +48,42 @@ def test_baseline_head_gives_the_current_models_loss(tmp_path):
     assert results["meta"]["baseline_commit"] == subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert sys.modules["pemt_pipeline.models"] is models_before  # the baseline's modules were put aside
-    assert "bench_model_baseline_" not in _worktrees()  # the temporary worktree is gone
+    assert str(tmp_path) not in _worktrees()  # the temporary worktree is gone
 
 
-def test_bad_baseline_revision_is_named():
+def test_expm_gradient_and_dropout_sections_time_both_and_report_errors(tmp_path):
+    out = tmp_path / "bench.json"
+    bench_model.main(["--steps", "1", "--threads", "1", "--sections", "matrix_exp_gradient,dropout",
+                      "--device", "cpu", "--out", str(out), "--targets"])
+    sections = json.loads(out.read_text())["sections"]
+    expm = sections["matrix_exp_gradient_threads1"]
+    assert [r["std"] for r in expm] == [0.0, 0.003, 0.03, 0.3] and expm[0]["a_1norm"] == 0.0
+    for r in expm:
+        assert r["torch_ms"] > 0 and r["current_ms"] > 0 and r["x_torch"] == r["current_ms"] / r["torch_ms"]
+        assert r["current_rel_error"] < 1e-5  # float32 against the float64 reference
+    assert [r["shape"] for r in sections["dropout_threads1"]] == ["176x768", "176x3072"]
+
+
+def test_move_sigmas_gives_every_generator_the_drawn_size():
+    base = project_model_config(ROOT / "conf", "base")
+    model = PEMTModel(dataclasses.replace(base, share_transformers="lowrank"))
+    originals = [p for n, p in model.named_parameters() if n.endswith("parametrizations.weight.original")]
+
+    def generators():  # A = strict lower triangle minus its transpose
+        return [p.detach().tril(-1) - p.detach().tril(-1).mT for p in originals]
+
+    assert originals and all(float(a.abs().max()) == 0.0 for a in generators())  # A = 0 at initialisation
+    largest = bench_model.move_sigmas(model, 0.03)
+    assert all(abs(float(p.detach().std()) - 0.03) < 0.01 for p in originals)
+    assert largest == max(float(a.abs().sum(-2).amax()) for a in generators()) > 0
+    assert bench_model.move_sigmas(PEMTModel(dataclasses.replace(base, share_transformers="none")), 0.03) is None
+
+
+def test_bad_baseline_revision_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(SystemExit, match="--baseline no-such-rev"):
         bench_model.main(["--baseline", "no-such-rev", "--sections", "small_with_cnns", "--out", "/dev/null"])
-    assert "bench_model_baseline_" not in _worktrees()
+    assert str(tmp_path) not in _worktrees()
 
 
 def test_a_model_computing_something_else_fails_the_check():

@@ -1,11 +1,10 @@
-"""Dropout with a cheaper mask on CPU, where torch's bernoulli_ is the slow part of nn.Dropout.
+"""Dropout that saves its mask for backward as bool.
 
-torch's CPU dropout draws its mask with bernoulli_ at ~9 ns an element (pytorch/pytorch#138199):
-2.7 ms forward + backward for one [352, 768] hidden state of the paper's Transformers, against
-1.7 ms with a mask from torch.rand (keep where u >= p, u uniform in [0, 1) in float32). The same
-distribution (each element kept with probability 1 - p and scaled by 1 / (1 - p)), drawn from the
-same global generator, as a different random stream; the mask is saved as bool, as torch's. On
-other devices (fused dropout kernels) and in eval mode this is nn.Dropout.
+On CPU, nn.Dropout (F.dropout) multiplies by a float noise tensor and autograd keeps it: 4 bytes an
+element of every dropped activation. torch.native_dropout draws the same mask from the same
+generator (the values are identical for a seed) and keeps it as bool, 1 byte an element: the paper
+Transformers' saved activations fall by about a tenth (benchmarks/bench_model.py, `act MB`). On CUDA
+F.dropout already runs native_dropout; in eval mode (or p = 0) this is nn.Dropout.
 """
 
 from __future__ import annotations
@@ -16,10 +15,9 @@ from torch import Tensor
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout(p) whose training-mode mask on CPU comes from torch.rand (see the module docstring)."""
+    """nn.Dropout(p) computing torch.native_dropout in training mode (see the module docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0 or self.p == 1.0 or x.device.type != "cpu" or self.inplace:
+        if not self.training or self.p == 0.0 or self.p == 1.0 or self.inplace:
             return super().forward(x)
-        keep = torch.rand(x.shape, dtype=torch.float32) >= self.p  # [...] bool
-        return x * keep * (1.0 / (1.0 - self.p))
+        return torch.native_dropout(x, self.p, True)[0]
