@@ -7,15 +7,16 @@ After the default `kedro run`:
   clearly better on the pretrained model than on randomly initialised ones.
 
 Measured (README, "Does pretraining help?") with the default parameters (the negative table
-refreshed every 50 steps), training seeds 0-2: CPP AUC 0.788-0.807, median rank 7.0-8.5 both ways
-against a chance of 0.5 and 20.5; audio-CNN probe top-1 0.75-0.85 pretrained against 0.60-0.675 for
-random inits with seeds 0-3 (mean of seeds 0-2: 0.642), so the margin asserted below (0.1, four
-videos) held for every seed (tightest: seed 2, 0.108; seed 0, the one run here, 0.158). The probe
-moves by 0.025 a video: with dropout masks from another random stream (torch.rand, tried and
-dropped) seed 2 reached 0.70 only. Before the summary path was fixed (CNN output BatchNorm,
-factorised-layer init) every pair got the same score (AUC 0.5); on the demo before its shots
-restarted the motion the audio CNN's probe did not beat random inits (0.575-0.775 against 0.60-0.70
-for six seeds) and this margin failed for two of three training seeds.
+refreshed every 50 steps), training seeds 0-2: CPP AUC 0.762-0.833, median ranks 6.5-10.0 both ways
+against a chance of 0.5 and 20.5; audio-CNN probe top-1 0.775-0.925 pretrained against 0.60-0.675
+for random inits with seeds 0-3 (mean of seeds 0-2: 0.642), so the margin asserted below (0.1, four
+videos) held for every seed (tightest: seed 2, 0.133; seed 0, the one run here, 0.158). The probe
+moves by 0.025 a video, and the figures move with any change of rounding in training (the same
+seeds gave AUC 0.788-0.807 before the orthogonal factors' gradient was computed another way).
+Before the summary path was fixed (CNN output BatchNorm, factorised-layer init) every pair got the
+same score (AUC 0.5); on the demo before its shots restarted the motion the audio CNN's probe did
+not beat random inits (0.575-0.775 against 0.60-0.70 for six seeds) and this margin failed for two
+of three training seeds.
 The visual streams are not compared: a random CNN already reads the class from the object's
 colour (top-1 1.0 for both models).
 """
