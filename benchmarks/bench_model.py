@@ -589,13 +589,26 @@ def print_section(title: str, rows: list[dict]) -> None:
     print(format_table(shown, columns), flush=True)
 
 
-# ---------------------------------------------------------------- expm's gradient alone
+# ---------------------------------------------------------------- single operations
+
+def time_interleaved(runs: dict[str, Callable[[], object]], steps: int, calls: int = 10) -> dict[str, float]:
+    """Median ms per call of each run, the runs taking turns: a warm-up round, then `steps` rounds of
+    `calls` calls each (machine noise hits every run alike)."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(steps + 1):
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[k].append((time.perf_counter() - t0) / calls)
+    return {k: 1e3 * statistics.median(t[1:]) for k, t in times.items()}
+
 
 def bench_matrix_exp_gradient(steps: int, n: int = 128, stds=(0.0, 0.003, 0.03, 0.3)) -> list[dict]:
     """expm forward + backward of one n x n Sigma generator A (the paper's rank), with a training-size
     incoming gradient (entries ~300), for A's entries ~N(0, std): torch's own backward (autograd of
     torch.linalg.matrix_exp: expm of the 2n x 2n block) and `_MatrixExp`'s (`expm_frechet`), timed
-    interleaved (median over `steps` rounds of 10 calls each), each in float32 with its largest
+    interleaved (`time_interleaved`), each in float32 with its largest
     error relative to the largest entry of a float64 reference (torch's backward in float64)."""
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -605,16 +618,10 @@ def bench_matrix_exp_gradient(steps: int, n: int = 128, stds=(0.0, 0.003, 0.03, 
         A, G = A64.float().requires_grad_(), G64.float()
         (ref,) = torch.autograd.grad(torch.linalg.matrix_exp(A64.requires_grad_()), A64, G64)
         runs = {"torch": torch.linalg.matrix_exp, "current": _MatrixExp.apply}
-        times: dict[str, list[float]] = {k: [] for k in runs}
         errors = {k: ((torch.autograd.grad(f(A), A, G)[0].double() - ref).abs().max() / ref.abs().max()).item()
                   for k, f in runs.items()}
-        for _ in range(steps):
-            for k, f in runs.items():
-                t0 = time.perf_counter()
-                for _ in range(10):
-                    torch.autograd.grad(f(A), A, G)
-                times[k].append((time.perf_counter() - t0) / 10)
-        torch_ms, cur_ms = (1e3 * statistics.median(times[k]) for k in runs)
+        torch_ms, cur_ms = time_interleaved(
+            {k: lambda f=f: torch.autograd.grad(f(A), A, G) for k, f in runs.items()}, steps).values()
         rows.append({"std": std, "a_1norm": float(A64.detach().abs().sum(-2).amax()), "torch_ms": torch_ms,
                      "current_ms": cur_ms, "x_torch": cur_ms / torch_ms, "torch_rel_error": errors["torch"],
                      "current_rel_error": errors["current"]})
@@ -630,20 +637,14 @@ def bench_matrix_exp_gradient(steps: int, n: int = 128, stds=(0.0, 0.003, 0.03, 
 def bench_dropout(steps: int, p: float = 0.1) -> list[dict]:
     """Forward + backward of torch's nn.Dropout and the model's Dropout (models/dropout.py) on the
     hidden states and FFN activations of the paper Transformers' joint visual + audio layer
-    (8 videos x 2 streams x 11 tokens), timed interleaved (median over `steps` rounds of 10 calls)."""
+    (8 videos x 2 streams x 11 tokens), timed interleaved (`time_interleaved`)."""
     rows = []
     for shape in ((176, 768), (176, 3072)):
         x = torch.randn(shape, requires_grad=True)
         g = torch.randn(shape)
-        runs = {"torch": torch.nn.Dropout(p).train(), "current": Dropout(p).train()}
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(steps + 1):  # the first round warms up
-            for k, module in runs.items():
-                t0 = time.perf_counter()
-                for _ in range(10):
-                    torch.autograd.grad(module(x), x, g)
-                times[k].append((time.perf_counter() - t0) / 10)
-        torch_ms, cur_ms = (1e3 * statistics.median(times[k][1:]) for k in runs)
+        modules = {"torch": torch.nn.Dropout(p).train(), "current": Dropout(p).train()}
+        torch_ms, cur_ms = time_interleaved(
+            {k: lambda m=m: torch.autograd.grad(m(x), x, g) for k, m in modules.items()}, steps).values()
         rows.append({"shape": "x".join(map(str, shape)), "torch_ms": torch_ms, "current_ms": cur_ms,
                      "x_torch": cur_ms / torch_ms})
     columns = [("shape", "shape"), ("torch_ms", "nn.Dropout ms"), ("current_ms", "models.Dropout ms"),
@@ -659,7 +660,7 @@ def target_lines(sections: dict[str, list[dict]], has_baseline: bool) -> list[tu
     """(passed, text) per issue target, on each paper_transformers section; the loss check on every section."""
     lines: list[tuple[bool | None, str]] = []
     for key, rows in sections.items():
-        if key.startswith(("matrix_exp_gradient", "dropout")):  # no model, no baseline
+        if not any("variant" in r for r in rows):  # a single operation's timing: no model, no baseline
             continue
         if has_baseline and not all(r.get("same_loss", False) for r in rows):
             bad = [r["variant"] for r in rows if not r.get("same_loss", False)]
